@@ -1,0 +1,1 @@
+"""Co-training of teacher, student and discriminator (``python -m rirn.train``)."""

@@ -1,0 +1,128 @@
+"""Data for a training run: synthetic data on first use, the preprocessed cache, the split and
+the loaders. Rank 0 prepares files; the other ranks wait at a barrier and then read them."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from rirn.data.cache import CacheSource, ensure_cache
+from rirn.data.dataset import EvalDataset, TrainDataset
+from rirn.data.split import make_split, read_split, write_split
+from rirn.data.synthetic import ensure_synthetic
+from rirn.training.distributed import DistInfo, barrier
+
+log = logging.getLogger("rirn.train")
+
+
+@dataclass
+class DataBundle:
+    """Everything the loop needs from the data side."""
+
+    train_loader: DataLoader
+    sampler: DistributedSampler
+    val_dataset: EvalDataset
+    val_indices: list[int]  # this rank's share of the validation cases
+    split: dict
+    release: str
+    scheme: str
+
+    def set_epoch(self, epoch: int) -> None:
+        # Shuffling depends on (seed, epoch) only, so a resumed run sees the same order.
+        self.sampler.set_epoch(epoch)
+
+    def val_items(self):
+        for i in self.val_indices:
+            yield self.val_dataset[i]
+
+
+def synthetic_root(data_cfg) -> Path:
+    s = data_cfg.synthetic
+    shape = "x".join(str(int(v)) for v in s.shape)
+    return (
+        Path(str(data_cfg.cache_root)).expanduser()
+        / "synthetic"
+        / f"n{s.num_cases}-{shape}-seed{s.seed}"
+    )
+
+
+def default_cache_dir(data_cfg, root: Path) -> Path:
+    if data_cfg.cache_dir:
+        return Path(str(data_cfg.cache_dir)).expanduser()
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
+    return Path(str(data_cfg.cache_root)).expanduser() / "preprocessed" / f"{root.name}-{digest}"
+
+
+def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
+    data_cfg = cfg.data
+    if settings.data_root is None:
+        root = synthetic_root(data_cfg)
+        if dist.is_main:
+            s = data_cfg.synthetic
+            ensure_synthetic(
+                root, int(s.num_cases), [int(v) for v in s.shape], int(s.seed), progress=True
+            )
+        barrier(dist)
+    else:
+        root = settings.data_root
+    cache_dir = default_cache_dir(data_cfg, root)
+    if dist.is_main:
+        ensure_cache(
+            root,
+            cache_dir,
+            release=str(data_cfg.release),
+            num_workers=int(data_cfg.preprocess_workers),
+        )
+    barrier(dist)
+    source = CacheSource(cache_dir)
+    split_path = run_dir / "split.json"
+    if cfg.resume and split_path.is_file():
+        split = read_split(split_path, source.case_ids)  # a resumed run keeps its own split
+    elif data_cfg.split_file:
+        split = read_split(Path(str(data_cfg.split_file)).expanduser(), source.case_ids)
+    else:
+        split = make_split(
+            source.case_ids,
+            seed=int(data_cfg.split_seed),
+            val_fraction=float(data_cfg.val_fraction),
+        )
+    if dist.is_main:
+        write_split(split_path, split)
+    if dist.is_main:
+        log.info(
+            f"data: {root} (cache {cache_dir}); "
+            f"{len(split['train'])} train / {len(split['val'])} val cases"
+        )
+    train_ds = TrainDataset(source, split["train"], settings.crop_size, float(data_cfg.flip_prob))
+    sampler = DistributedSampler(
+        train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=int(cfg.seed)
+    )
+    workers = int(data_cfg.num_workers)
+    loader = DataLoader(
+        train_ds,
+        batch_size=int(cfg.trainer.batch_size),
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=settings.device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        drop_last=False,
+    )
+    val_ds = EvalDataset(source, split["val"])
+    indices = list(range(dist.rank, len(split["val"]), dist.world_size))
+    return DataBundle(loader, sampler, val_ds, indices, split, source.release, source.scheme)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,311 @@
+"""The co-training loop: a few readable hooks around :func:`rirn.training.steps.train_step`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from rirn.data.modalities import channel_indices
+from rirn.errors import RirnError
+from rirn.labels import REGIONS
+from rirn.metrics import dice
+from rirn.models import build_discriminator, build_unet
+from rirn.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, unwrap
+from rirn.training.data import DataBundle
+from rirn.training.distributed import DistInfo, barrier, broadcast_object, gather_objects
+from rirn.training.logs import RunLogger, summary_line, validation_picture
+from rirn.training.setup import RunSettings, load_teacher_weights
+from rirn.training.steps import TERMS, StepNets, train_step
+
+log = logging.getLogger("rirn.train")
+
+
+class NonFiniteLossError(RirnError):
+    """A loss term became NaN/Inf; the message names the term and the step."""
+
+
+class CoTrainer:
+    """Teacher, student and discriminator trained together in one process (paper Sec. 3.2)."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        settings: RunSettings,
+        data: DataBundle,
+        run_dir: Path,
+        dist: DistInfo,
+    ):
+        self.cfg, self.settings, self.data, self.run_dir, self.dist = (
+            cfg,
+            settings,
+            data,
+            run_dir,
+            dist,
+        )
+        self.device = settings.device
+        self.student_channels = channel_indices(settings.modalities)
+        self.max_epochs = int(cfg.trainer.max_epochs)
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.epoch, self.best_metric, self.history, self.global_step = 0, -math.inf, [], 0
+        self.nets = self._build_nets()
+        self.schedulers = [
+            self._poly(o) for o in (self.nets.opt_main, self.nets.opt_disc) if o is not None
+        ]
+        use_scaler = settings.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.logger = RunLogger(run_dir, dist.is_main, bool(cfg.logger.tensorboard))
+
+    # ---------------------------------------------------------------- construction
+    def _build_nets(self) -> StepNets:
+        cfg, dev = self.cfg, self.device
+        teacher = build_unet(cfg.model, in_channels=4)
+        if cfg.teacher.checkpoint:
+            load_teacher_weights(teacher, cfg.teacher.checkpoint)
+        student = build_unet(cfg.model, in_channels=len(self.settings.modalities))
+        disc = build_discriminator(cfg.model) if cfg.loss.adv else None
+        trainable = not cfg.teacher.freeze
+        if not trainable:
+            teacher.requires_grad_(False)
+        fmt = torch.channels_last_3d if cfg.trainer.channels_last else torch.preserve_format
+        teacher, student = (m.to(dev, memory_format=fmt) for m in (teacher, student))
+        disc = disc.to(dev) if disc is not None else None
+        fused = dev.type == "cuda" if cfg.optim.fused == "auto" else bool(cfg.optim.fused)
+        adam = dict(
+            betas=tuple(cfg.optim.betas), weight_decay=float(cfg.optim.weight_decay), fused=fused
+        )
+        params = list(student.parameters()) + (list(teacher.parameters()) if trainable else [])
+        opt_main = torch.optim.Adam(params, lr=float(cfg.optim.lr), **adam)
+        opt_disc = (
+            torch.optim.Adam(disc.parameters(), lr=float(cfg.optim.disc_lr), **adam)
+            if disc
+            else None
+        )
+        teacher, student, disc = (
+            self._wrap(m, m is not teacher or trainable) for m in (teacher, student, disc)
+        )
+        scale = int(cfg.model.nonlocal_scale or 1)
+        car_channels = int(cfg.model.widths[int(math.log2(scale))])
+        return StepNets(teacher, student, disc, opt_main, opt_disc, trainable, car_channels)
+
+    def _wrap(self, module, trainable: bool):
+        if module is None:
+            return None
+        if self.dist.enabled and trainable:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DDP(module, device_ids=ids)
+        if self.cfg.trainer.compile:
+            module = torch.compile(module)
+        return module
+
+    def _poly(self, optimizer):
+        power = float(self.cfg.optim.poly_power)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: max(0.0, 1.0 - e / self.max_epochs) ** power
+        )
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        nets = self.nets
+        return {
+            "epoch": self.epoch,
+            "student": unwrap(nets.student).state_dict(),
+            "teacher": unwrap(nets.teacher).state_dict(),
+            "discriminator": unwrap(nets.discriminator).state_dict()
+            if nets.discriminator
+            else None,
+            "optimizers": {
+                "main": nets.opt_main.state_dict(),
+                "disc": nets.opt_disc.state_dict() if nets.opt_disc else None,
+            },
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": rng_state(),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "modalities": list(self.settings.modalities),
+            "release": self.data.release,
+            "scheme": self.data.scheme,
+            "best_metric": self.best_metric,
+            "history": self.history,
+            "global_step": self.global_step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        nets = self.nets
+        unwrap(nets.student).load_state_dict(state["student"])
+        unwrap(nets.teacher).load_state_dict(state["teacher"])
+        if nets.discriminator is not None and state.get("discriminator"):
+            unwrap(nets.discriminator).load_state_dict(state["discriminator"])
+        nets.opt_main.load_state_dict(state["optimizers"]["main"])
+        if nets.opt_disc is not None and state["optimizers"].get("disc"):
+            nets.opt_disc.load_state_dict(state["optimizers"]["disc"])
+        for sched, s in zip(self.schedulers, state["schedulers"], strict=False):
+            sched.load_state_dict(s)
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.best_metric = int(state["epoch"]), float(state["best_metric"])
+        self.history, self.global_step = list(state["history"]), int(state.get("global_step", 0))
+
+    def save(self, name: str) -> None:
+        if self.dist.is_main:
+            atomic_save(self.state_dict(), self.ckpt_dir / name)
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> dict:
+        if self.cfg.resume:
+            self.load_state_dict(
+                load_checkpoint(self.ckpt_dir / "last.pt", map_location=self.device)
+            )
+            log.info(f"resumed from {self.ckpt_dir / 'last.pt'} after epoch {self.epoch}")
+            self.logger.history_path.unlink(missing_ok=True)
+            for row in self.history:
+                self.logger.history(row)
+        while self.epoch < self.max_epochs:
+            t0 = time.time()
+            lr = self.nets.opt_main.param_groups[0]["lr"]
+            train = self.train_epoch()
+            self.epoch += 1
+            for sched in self.schedulers:
+                sched.step()
+            val = self.validate() if self._val_due() else None
+            row = {"epoch": self.epoch, "lr": lr, **{f"train/{k}": v for k, v in train.items()}}
+            row.update(val or {})
+            row["seconds"] = round(time.time() - t0, 2)
+            self.history.append(row)
+            self._log_epoch(row, val)
+            if val and val["student/mean"] > self.best_metric:
+                self.best_metric = val["student/mean"]
+                self.save("best.pt")
+            self.save("last.pt")
+            if self.dist.is_main:
+                log.info(summary_line(self.epoch, self.max_epochs, train, val, lr, row["seconds"]))
+            barrier(self.dist)
+        self.logger.close()
+        return self.history[-1] if self.history else {}
+
+    def _val_due(self) -> bool:
+        every = max(1, int(self.cfg.trainer.val_every))
+        return self.epoch % every == 0 or self.epoch == self.max_epochs
+
+    def train_epoch(self) -> dict[str, float]:
+        for module in (self.nets.student, self.nets.discriminator):
+            if module is not None:
+                module.train()
+        self.nets.teacher.train(self.nets.teacher_trainable)
+        self.data.set_epoch(self.epoch)
+        loader = self.data.train_loader
+        bar = tqdm(
+            loader,
+            desc=f"epoch {self.epoch + 1}/{self.max_epochs}",
+            disable=not (self.dist.is_main and self.cfg.trainer.progress),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        pending, total, count = [], None, 0
+        every = max(1, int(self.cfg.trainer.log_every_n_steps))
+        for batch in bar:
+            pending.append(
+                train_step(
+                    self.nets,
+                    batch,
+                    self.student_channels,
+                    self.cfg.loss,
+                    self.device,
+                    self.settings.amp_dtype,
+                    self.scaler,
+                    bool(self.cfg.trainer.channels_last),
+                )
+            )
+            self.global_step += 1
+            if len(pending) >= every:
+                total, count = self._flush(pending, total, count, bar)
+        if pending:
+            total, count = self._flush(pending, total, count, bar)
+        means = (total / max(count, 1)).tolist() if total is not None else [0.0] * len(TERMS)
+        return dict(zip(TERMS, means, strict=True))
+
+    def _flush(self, pending: list[torch.Tensor], total, count: int, bar) -> tuple:
+        """Copy buffered step losses to the host (the only sync of the loop), check finiteness."""
+        values = torch.stack(pending).cpu()
+        first_step = self.global_step - len(pending) + 1
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            row, col = bad[0].tolist()
+            raise NonFiniteLossError(
+                f"non-finite {TERMS[col]} loss ({values[row, col].item()}) at epoch "
+                f"{self.epoch + 1}, step {first_step + row}; stopping. The last good checkpoint "
+                f"is {self.ckpt_dir / 'last.pt'} (try a lower optim.lr or trainer.precision=32)"
+            )
+        pending.clear()
+        total = values.sum(0) if total is None else total + values.sum(0)
+        last = dict(zip(TERMS, values[-1].tolist(), strict=True))
+        bar.set_postfix({k: f"{v:.3f}" for k, v in last.items() if v}, refresh=False)
+        self.logger.scalars({f"train_step/{k}": v for k, v in last.items()}, self.global_step)
+        return total, count + len(values)
+
+    # ---------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Dice WT/TC/ET of student and teacher on this rank's share of the validation cases;
+        results of all ranks are gathered so each case counts exactly once."""
+        from rirn.inference import center_crop_inference, probs_to_regions, sliding_window_inference
+
+        teacher, student = unwrap(self.nets.teacher).eval(), unwrap(self.nets.student).eval()
+        crop = self.settings.crop_size
+        rows, picture = [], None
+        for item in self.data.val_items():
+            image = torch.as_tensor(np.asarray(item["image"]))[None].to(self.device)
+            target = np.asarray(item["target"]).astype(bool)
+            preds = {}
+            for who, net, x in (
+                ("teacher", teacher, image),
+                ("student", student, image[:, self.student_channels]),
+            ):
+                if self.cfg.trainer.val_inference == "sliding_window":
+                    probs = sliding_window_inference(
+                        net, x, crop, overlap=0.5, amp_dtype=self.settings.amp_dtype
+                    )
+                else:
+                    probs = center_crop_inference(net, x, crop, amp_dtype=self.settings.amp_dtype)
+                preds[who] = probs_to_regions(probs[0].float().cpu().numpy())
+            rows.append(
+                {
+                    f"{who}/{r}": dice(preds[who][i], target[i])
+                    for who in preds
+                    for i, r in enumerate(REGIONS)
+                }
+            )
+            if (
+                picture is None
+                and self.dist.is_main
+                and self.cfg.logger.log_images
+                and target[0].any()
+            ):
+                x0 = item["image"][self.student_channels[0]]
+                picture = validation_picture(
+                    np.asarray(x0), target, preds["teacher"], preds["student"]
+                )
+        rows = [r for part in gather_objects(rows, self.dist) for r in part]
+        out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+        for who in ("student", "teacher"):
+            if rows:
+                out[f"{who}/mean"] = float(np.mean([out[f"{who}/{r}"] for r in REGIONS]))
+        if picture is not None:
+            self.logger.image("val/slice_input_gt_teacher_student", picture, self.epoch)
+        return broadcast_object(out, self.dist)
+
+    def _log_epoch(self, row: dict, val: dict | None) -> None:
+        scalars = {k: v for k, v in row.items() if isinstance(v, float) and k not in ("seconds",)}
+        scalars = {(k if "/" in k else f"train/{k}"): v for k, v in scalars.items()}
+        self.logger.scalars(
+            {("val/" + k if val and k in val else k): v for k, v in scalars.items()}, self.epoch
+        )
+        self.logger.history(row)

@@ -1,0 +1,81 @@
+"""Run outputs a human reads: TensorBoard, the metrics history file and the validation picture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rirn.labels import REGIONS
+
+
+class RunLogger:
+    """TensorBoard + ``metrics.jsonl``; every method is a no-op on ranks other than 0."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.history_path = run_dir / "metrics.jsonl"
+        self.writer = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def image(self, tag: str, rgb: np.ndarray, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_image(tag, rgb, step, dataformats="HWC")
+
+    def history(self, row: dict, rewrite: list[dict] | None = None) -> None:
+        """Append one epoch row; ``rewrite`` first replaces the file (used on resume, so rows of
+        an epoch that was lost to a crash do not appear twice)."""
+        if not self.enabled:
+            return
+        if rewrite is not None:
+            self.history_path.write_text("".join(json.dumps(r) + "\n" for r in rewrite))
+        with self.history_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+def validation_picture(
+    image: np.ndarray, target: np.ndarray, pred_t: np.ndarray, pred_s: np.ndarray
+):
+    """Mid-tumour axial slice: input | ground truth | teacher | student, as one RGB image.
+
+    Args:
+        image: ``(X, Y, Z)`` float, the student's first modality.
+        target, pred_t, pred_s: ``(3, X, Y, Z)`` bool WT/TC/ET masks.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    from rirn.viz import mid_tumour_slice, montage, normalize_slice, overlay
+
+    z = mid_tumour_slice(target[0])
+    gray = image[:, :, z]
+    tiles = [np.repeat(normalize_slice(gray)[..., None], 3, axis=-1)]
+    tiles += [overlay(gray, m[:, :, :, z]) for m in (target, pred_t, pred_s)]
+    return montage([tiles])
+
+
+def summary_line(
+    epoch: int, max_epochs: int, train: dict, val: dict | None, lr: float, secs: float
+) -> str:
+    parts = [f"epoch {epoch}/{max_epochs}", f"loss {train['total']:.4f}"]
+    parts += [f"{k} {train[k]:.4f}" for k in ("dice_s", "crr", "car", "adv") if train.get(k)]
+    if val:
+        for who in ("student", "teacher"):
+            dices = "/".join(f"{val[f'{who}/{r}']:.3f}" for r in REGIONS)
+            parts.append(f"val {who} WT/TC/ET {dices}")
+    parts += [f"lr {lr:.2e}", f"{secs:.0f}s"]
+    return " | ".join(parts)

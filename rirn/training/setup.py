@@ -1,0 +1,168 @@
+"""Start-up checks: every configuration mistake fails here, before any heavy work, with one line
+naming the key (raised as :class:`rirn.errors.ConfigError`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from rirn.data.modalities import parse_modalities
+from rirn.errors import ConfigError
+
+AGGREGATIONS = ("mean", "max", "min", "maxmin")
+PRECISIONS = ("auto", "32", "bf16", "16")
+VAL_INFERENCE = ("center_crop", "sliding_window")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Facts derived once from the config."""
+
+    modalities: tuple[str, ...]
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None = fp32
+    crop_size: tuple[int, int, int]
+    data_root: Path | None  # None = synthetic data
+
+
+def resolve_device(name: str) -> torch.device:
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"trainer.device={name!r} is not a device (auto, cpu, cuda, cuda:N)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name} but CUDA is not available on this machine")
+    return device
+
+
+def resolve_precision(name, device: torch.device) -> torch.dtype | None:
+    name = str(name)
+    if name not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={name!r} is not one of {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if name == "16" and device.type != "cuda":
+        raise ConfigError("trainer.precision=16 (fp16 + grad scaler) needs CUDA; use 32 or bf16")
+    return {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[name]
+
+
+def check_crop(crop, model_cfg) -> tuple[int, int, int]:
+    try:
+        crop = tuple(int(c) for c in crop)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"data.crop_size={crop} must be three integers, e.g. [160,192,128]"
+        ) from None
+    factor = 2 ** (len(model_cfg.widths) - 1)
+    if model_cfg.get("nonlocal_scale"):
+        factor = max(factor, int(model_cfg.nonlocal_scale))
+    if len(crop) != 3 or min(crop) <= 0 or any(c % factor for c in crop):
+        raise ConfigError(
+            f"data.crop_size={list(crop)} cannot fit the network: need 3 positive sizes "
+            f"divisible by {factor} (the U-Net downsamples {factor}x)"
+        )
+    return crop  # type: ignore[return-value]
+
+
+def check_data_root(data_cfg) -> Path | None:
+    if data_cfg.root in (None, ""):
+        if data_cfg.name != "synthetic":
+            raise ConfigError(f"data={data_cfg.name} needs data.root=DIR (the BraTS folder)")
+        return None
+    root = Path(str(data_cfg.root)).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"data.root={root} does not exist or is not a directory")
+    if not any(root.iterdir()):
+        raise ConfigError(f"data.root={root} is empty")
+    return root
+
+
+def check_loss(loss_cfg) -> None:
+    if loss_cfg.aggregation not in AGGREGATIONS:
+        raise ConfigError(
+            f"loss.aggregation={loss_cfg.aggregation!r} is not one of {', '.join(AGGREGATIONS)}"
+        )
+    if not 0.0 <= float(loss_cfg.threshold) <= 1.0:
+        raise ConfigError(f"loss.threshold={loss_cfg.threshold} must be in [0, 1]")
+
+
+def check_teacher(cfg: DictConfig) -> None:
+    path = cfg.teacher.checkpoint
+    if path in (None, ""):
+        if cfg.teacher.freeze:
+            raise ConfigError(
+                "teacher.freeze=true needs teacher.checkpoint=PATH (a trained teacher)"
+            )
+        return
+    if not Path(str(path)).expanduser().is_file():
+        raise ConfigError(f"teacher.checkpoint={path} does not exist")
+
+
+def teacher_state_dict(path: str | Path) -> dict:
+    """The teacher weights in ``path``: a rirn checkpoint's ``teacher`` or a bare state dict."""
+    try:
+        obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a config error here
+        raise ConfigError(f"teacher.checkpoint={path} cannot be read: {exc}") from None
+    if isinstance(obj, dict) and "teacher" in obj:
+        obj = obj["teacher"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"teacher.checkpoint={path} holds no teacher state dict")
+    return obj
+
+
+def load_teacher_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load ``path`` into ``model``; a mismatch is a ConfigError naming the first bad key."""
+    state = teacher_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        what = (
+            f"shape of {shapes[0]} is {tuple(state[shapes[0]].shape)}, "
+            f"model needs {tuple(own[shapes[0]].shape)}"
+            if shapes
+            else f"missing key {missing[0]}"
+            if missing
+            else f"unexpected key {unexpected[0]}"
+        )
+        raise ConfigError(
+            f"teacher.checkpoint={path} does not match the model ({what}); "
+            "use the same model.* settings as the run that trained it"
+        )
+    model.load_state_dict(state)
+
+
+def check_config(cfg: DictConfig, run_dir: Path) -> RunSettings:
+    """Validate ``cfg`` and derive :class:`RunSettings`; raises ConfigError on the first problem."""
+    modalities = parse_modalities(cfg.modality)
+    device = resolve_device(cfg.trainer.device)
+    amp_dtype = resolve_precision(cfg.trainer.precision, device)
+    crop = check_crop(cfg.data.crop_size, cfg.model)
+    root = check_data_root(cfg.data)
+    check_loss(cfg.loss)
+    check_teacher(cfg)
+    if cfg.trainer.val_inference not in VAL_INFERENCE:
+        raise ConfigError(
+            f"trainer.val_inference={cfg.trainer.val_inference!r} is not one of "
+            f"{', '.join(VAL_INFERENCE)}"
+        )
+    if int(cfg.trainer.max_epochs) < 1:
+        raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs} must be >= 1")
+    if cfg.data.split_file and not Path(str(cfg.data.split_file)).expanduser().is_file():
+        raise ConfigError(f"data.split_file={cfg.data.split_file} does not exist")
+    if cfg.resume and not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise ConfigError(
+            f"resume=true but {run_dir / 'checkpoints' / 'last.pt'} does not exist; "
+            "pass hydra.run.dir=<the run directory to continue>"
+        )
+    return RunSettings(modalities, device, amp_dtype, crop, root)

@@ -1,0 +1,277 @@
+"""Co-training (issue 4): outputs, resume, teacher freeze, switches, gradients, determinism,
+DDP on gloo and start-up errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rirn.errors import ConfigError
+from rirn.models import build_discriminator, build_unet
+from rirn.train import run
+from rirn.training.checkpoint import load_checkpoint
+from rirn.training.setup import check_config
+from rirn.training.steps import TERMS, StepNets, compute_losses, train_step
+
+from .conftest import REPO, compose_config, run_cli
+
+
+def _train(tmp_path: Path, overrides: list[str], name="run") -> tuple[Path, dict]:
+    cfg = compose_config("train", overrides)
+    run_dir = tmp_path / name
+    run_dir.mkdir(exist_ok=True)
+    return run_dir, run(cfg, run_dir)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, cache_root):
+    tmp = tmp_path_factory.mktemp("smoke")
+    overrides = ["debug=smoke", f"data.cache_root={cache_root}", "trainer.progress=false"]
+    return _train(tmp, overrides)
+
+
+def test_smoke_run_writes_outputs(smoke_run):
+    run_dir, last = smoke_run
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["train"]) == 4 and len(split["val"]) == 2  # 6 smoke cases, 2:1
+    assert not set(split["train"]) & set(split["val"])
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"student/WT", "teacher/ET", "train/total", "lr"} <= set(rows[-1])
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 2
+    assert {
+        "teacher",
+        "student",
+        "discriminator",
+        "optimizers",
+        "schedulers",
+        "rng",
+        "config",
+    } <= set(ckpt)
+    assert ckpt["modalities"] == ["t1ce"]
+    assert last["epoch"] == 2
+
+
+def test_tensorboard_has_every_term_and_image(smoke_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = smoke_run
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for term in TERMS:
+        assert f"train/{term}" in tags, term
+    assert {"val/student/WT", "val/teacher/ET", "train/lr"} <= tags
+    assert acc.Tags()["images"], "no validation picture logged"
+
+
+def test_resume_continues_epoch_count(smoke_run, tmp_path, cache_root):
+    run_dir, _ = smoke_run
+    copy = tmp_path / "resumed"
+    shutil.copytree(run_dir, copy)
+    before = load_checkpoint(copy / "checkpoints" / "last.pt")
+    overrides = [
+        "debug=smoke",
+        f"data.cache_root={cache_root}",
+        "trainer.progress=false",
+        "resume=true",
+        "trainer.max_epochs=3",
+    ]
+    _, last = _train(tmp_path, overrides, name="resumed")
+    after = load_checkpoint(copy / "checkpoints" / "last.pt")
+    assert after["epoch"] == 3 and last["epoch"] == 3
+    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    # Poly decay continues from the stored scheduler: lr of epoch 3 is base * (1 - 2/3)^0.9.
+    assert rows[2]["lr"] == pytest.approx(1e-4 * (1 - 2 / 3) ** 0.9, rel=1e-6)
+    assert before["history"] == after["history"][:2]
+
+
+def test_frozen_teacher_is_unchanged(smoke_run, tmp_path, cache_root):
+    run_dir, _ = smoke_run
+    teacher_ckpt = run_dir / "checkpoints" / "last.pt"
+    overrides = [
+        "debug=smoke",
+        f"data.cache_root={cache_root}",
+        "trainer.progress=false",
+        f"teacher.checkpoint={teacher_ckpt}",
+        "teacher.freeze=true",
+        "trainer.max_epochs=1",
+    ]
+    out_dir, _ = _train(tmp_path, overrides, name="frozen")
+    before = load_checkpoint(teacher_ckpt)["teacher"]
+    after = load_checkpoint(out_dir / "checkpoints" / "last.pt")["teacher"]
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+    student_before = load_checkpoint(teacher_ckpt)["student"]
+    student_after = load_checkpoint(out_dir / "checkpoints" / "last.pt")["student"]
+    assert any(not torch.equal(student_before[k], student_after[k]) for k in student_before)
+
+
+SMALL_MODEL = [
+    "model.widths=[8,16,16,16]",
+    "model.norm_groups=4",
+    "model.nonlocal_channels=8",
+    "model.discriminator.channels=8",
+]
+
+
+def _nets(cfg, modalities=1, teacher_trainable=True):
+    torch.manual_seed(0)
+    teacher, student = build_unet(cfg.model, 4), build_unet(cfg.model, modalities)
+    disc = build_discriminator(cfg.model)
+    params = list(student.parameters()) + (list(teacher.parameters()) if teacher_trainable else [])
+    return StepNets(
+        teacher,
+        student,
+        disc,
+        torch.optim.Adam(params, 1e-3),
+        torch.optim.Adam(disc.parameters(), 1e-3),
+        teacher_trainable,
+        car_channels=int(cfg.model.widths[3]),
+    )
+
+
+def _batch(seed=0, size=16):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(1, 4, size, size, size, generator=g)
+    wt = torch.zeros(1, 1, size, size, size)
+    wt[..., 4:12, 4:12, 4:12] = 1
+    tc = torch.zeros_like(wt)
+    tc[..., 6:10, 6:10, 6:10] = 1
+    et = torch.zeros_like(wt)
+    et[..., 7:9, 7:9, 7:9] = 1
+    return {"image": image, "target": torch.cat([wt, tc, et], 1)}
+
+
+@pytest.mark.parametrize(
+    "crr,mf,car,adv", [c for c in itertools.product([False, True], repeat=4) if c[0] or not c[1]]
+)
+def test_each_ablation_switch_combination_trains_a_step(crr, mf, car, adv):
+    cfg = compose_config(
+        "train",
+        SMALL_MODEL + [f"loss.crr={crr}", f"loss.mf={mf}", f"loss.car={car}", f"loss.adv={adv}"],
+    )
+    nets = _nets(cfg)
+    before = [p.detach().clone() for p in nets.student.parameters()]
+    losses = train_step(nets, _batch(), [2], cfg.loss, torch.device("cpu"), None)
+    assert losses.shape == (len(TERMS),) and torch.isfinite(losses).all()
+    terms = dict(zip(TERMS, losses.tolist(), strict=True))
+    assert (terms["crr"] != 0) == crr and (terms["car"] != 0) == car and (terms["adv"] != 0) == adv
+    assert (terms["disc"] != 0) == adv
+    assert any(
+        not torch.equal(a, b) for a, b in zip(before, nets.student.parameters(), strict=True)
+    )
+
+
+def test_distillation_terms_send_no_gradient_to_teacher():
+    cfg = compose_config("train", SMALL_MODEL)
+    nets = _nets(cfg)
+    batch = _batch()
+    terms, _, _ = compute_losses(nets, batch["image"], batch["target"], [2], cfg.loss)
+    (terms["crr"] + terms["car"] + terms["adv"]).backward()
+    assert all(p.grad is None or not p.grad.any() for p in nets.teacher.parameters())
+    assert all(p.grad is None for p in nets.discriminator.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in nets.student.parameters())
+
+
+def test_same_seed_same_first_losses(tmp_path, cache_root):
+    overrides = [
+        "debug=smoke",
+        f"data.cache_root={cache_root}",
+        "trainer.progress=false",
+        "trainer.max_epochs=1",
+    ]
+    _, a = _train(tmp_path, overrides, name="a")
+    _, b = _train(tmp_path, overrides, name="b")
+    assert a["train/total"] == b["train/total"]
+    assert a["student/mean"] == b["student/mean"]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("modality=t3", "unknown modality 't3'"),
+        ("data=brats2020", "needs data.root"),
+        ("data.root=/nonexistent/brats", "does not exist"),
+        ("data.crop_size=[30,32,32]", "cannot fit"),
+        ("teacher.checkpoint=/nonexistent.pt", "does not exist"),
+        ("teacher.freeze=true", "needs teacher.checkpoint"),
+        ("loss.aggregation=median", "loss.aggregation"),
+        ("trainer.precision=8", "trainer.precision"),
+    ],
+)
+def test_bad_config_fails_with_message(override, message, tmp_path):
+    cfg = compose_config("train", ["debug=smoke", override])
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        check_config(cfg, tmp_path)
+
+
+def test_empty_data_root_and_mismatched_teacher(smoke_run, tmp_path):
+    cfg = compose_config("train", ["debug=smoke", f"data.root={tmp_path}"])
+    with pytest.raises(ConfigError, match="is empty"):
+        check_config(cfg, tmp_path)
+    run_dir, _ = smoke_run
+    cfg = compose_config(
+        "train",
+        [
+            "debug=smoke",
+            "model.widths=[8,16,32,64]",
+            f"teacher.checkpoint={run_dir / 'checkpoints' / 'last.pt'}",
+        ],
+    )
+    from rirn.training.setup import load_teacher_weights
+
+    with pytest.raises(ConfigError, match="does not match the model"):
+        load_teacher_weights(build_unet(cfg.model, 4), cfg.teacher.checkpoint)
+
+
+def test_cli_bad_modality_is_one_line(tmp_path):
+    res = run_cli(["-m", "rirn.train", "modality=t1+pd", f"hydra.run.dir={tmp_path}"], cwd=REPO)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert (
+        len(lines) == 1
+        and "unknown modality 'pd'" in lines[0]
+        and "flair, t1, t1ce, t2" in lines[0]
+    )
+
+
+def test_cli_smoke_run_and_two_process_gloo(tmp_path, cache_root):
+    """The real command line, single process and under torchrun with 2 CPU processes."""
+    common = [
+        "debug=smoke",
+        f"data.cache_root={cache_root}",
+        "trainer.max_epochs=1",
+        "trainer.progress=false",
+    ]
+    res = run_cli(["-m", "rirn.train", *common, f"hydra.run.dir={tmp_path / 'single'}"], cwd=REPO)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "single" / ".hydra" / "config.yaml").is_file()
+    res = run_cli(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            "-m",
+            "rirn.train",
+            *common,
+            f"hydra.run.dir={tmp_path / 'ddp'}",
+        ],
+        cwd=REPO,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1  # rank 0 only writes
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["epoch"] == 1
