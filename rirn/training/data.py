@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from rirn.data.cache import CacheSource, ensure_cache
 from rirn.data.dataset import EvalDataset, TrainDataset
 from rirn.data.split import make_split, read_split, write_split
-from rirn.data.synthetic import ensure_synthetic
+from rirn.data.synthetic import GENERATOR_VERSION, ensure_synthetic
 from rirn.training.distributed import DistInfo, barrier
 
 log = logging.getLogger("rirn.train")
@@ -47,7 +47,7 @@ def synthetic_root(data_cfg) -> Path:
     return (
         Path(str(data_cfg.cache_root)).expanduser()
         / "synthetic"
-        / f"n{s.num_cases}-{shape}-seed{s.seed}"
+        / f"n{s.num_cases}-{shape}-seed{s.seed}-v{GENERATOR_VERSION}"
     )
 
 
