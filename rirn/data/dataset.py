@@ -1,0 +1,179 @@
+"""Torch datasets: random training crops and full brain-box volumes for evaluation.
+
+Both read from a *source*, :class:`~rirn.data.cache.CacheSource` (memory-mapped cache, fast) or
+:class:`~rirn.data.io.NiftiSource` (NIfTI on the fly), which give identical arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rirn.data.transforms import (
+    center_crop_start,
+    crop_pad,
+    random_crop_start,
+    random_flip_axes,
+    uncrop_to_original,
+)
+from rirn.errors import DataError
+from rirn.labels import bits_to_regions
+
+__all__ = ["CaseSource", "EvalDataset", "TrainDataset", "eval_collate", "uncrop_to_original"]
+
+#: Training crop of the paper / ACN, voxels (X, Y, Z).
+DEFAULT_CROP: tuple[int, int, int] = (160, 192, 128)
+
+
+class CaseSource(Protocol):
+    """What a dataset needs from a source (``CacheSource`` and ``NiftiSource`` satisfy it)."""
+
+    case_ids: list[str]
+
+    def load(self, case_id: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
+        """``(image float32 (4, *B), region bits uint8 (*B) or None, meta dict)``."""
+        ...
+
+
+def _check_ids(source: CaseSource, case_ids: Sequence[str] | None) -> list[str]:
+    if case_ids is None:
+        return list(source.case_ids)
+    known = set(source.case_ids)
+    unknown = [c for c in case_ids if c not in known]
+    if unknown:
+        raise DataError(f"case(s) not in the data source: {unknown[:5]}")
+    return list(case_ids)
+
+
+def _targets(bits: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(bits_to_regions(bits)).to(torch.float32)
+
+
+class TrainDataset(Dataset):
+    """Random crops with random flips, for training.
+
+    Each item is one random ``crop_size`` window of a case (zero padded where the brain box is
+    smaller), flipped along each spatial axis with probability ``flip_prob``; image and target
+    get the same crop and flips. Only the window is read from a memory-mapped source.
+
+    Randomness comes from a numpy ``Generator`` seeded with ``torch.initial_seed()``: fixed by
+    ``torch.manual_seed`` in the main process (``num_workers=0``), and different in every
+    DataLoader worker and epoch (``base_seed + worker_id``), so runs are reproducible and
+    workers do not repeat each other's crops.
+
+    Args:
+        source: a :class:`CaseSource`.
+        case_ids: cases to use (default: all of the source).
+        crop_size: ``(X, Y, Z)`` window.
+        flip_prob: probability of flipping along each axis.
+
+    Returns (per item):
+        ``{"image": float32 (4, *crop_size), "target": float32 (3, *crop_size) WT/TC/ET masks,
+        "case_id": str}``.
+    """
+
+    def __init__(
+        self,
+        source: CaseSource,
+        case_ids: Sequence[str] | None = None,
+        crop_size: Sequence[int] = DEFAULT_CROP,
+        flip_prob: float = 0.5,
+    ):
+        self.source = source
+        self.case_ids = _check_ids(source, case_ids)
+        self.crop_size = tuple(int(s) for s in crop_size)
+        self.flip_prob = float(flip_prob)
+        self._seed: int | None = None
+        self._gen: np.random.Generator | None = None
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def rng(self) -> np.random.Generator:
+        """This process's generator, (re)seeded whenever ``torch.initial_seed()`` changes."""
+        seed = torch.initial_seed()
+        if self._gen is None or seed != self._seed:
+            self._seed, self._gen = seed, np.random.default_rng(seed)
+        return self._gen
+
+    def __getitem__(self, index: int) -> dict:
+        case_id = self.case_ids[index]
+        image, bits, _ = self.source.load(case_id)
+        if bits is None:
+            raise DataError(f"case {case_id}: no segmentation; training needs labelled cases")
+        rng = self.rng()
+        start = random_crop_start(image.shape[1:], self.crop_size, rng)
+        axes = random_flip_axes(rng, self.flip_prob)
+        crop = crop_pad(image, start, self.crop_size, flip_axes=axes)
+        target = crop_pad(bits, start, self.crop_size, flip_axes=axes)
+        return {"image": torch.from_numpy(crop), "target": _targets(target), "case_id": case_id}
+
+
+class EvalDataset(Dataset):
+    """Whole cases (the brain bounding box), for validation, evaluation and prediction.
+
+    Args:
+        source: a :class:`CaseSource`.
+        case_ids: cases to use (default: all of the source).
+        crop_size: if given, a centred window of this size instead of the whole box (zero
+            padded where the box is smaller); ``meta["crop_start"]`` then holds its start
+            relative to the box, which :func:`uncrop_to_original` honours.
+
+    Returns (per item):
+        ``{"image": float32 (4, *B), "target": float32 (3, *B) or None (unlabelled case),
+        "case_id": str, "meta": dict}`` with ``meta`` as in docs/architecture.md (original
+        ``shape``, ``bbox``, ``affine``, ``spacing``, ...). Paste a prediction back into the
+        original volume with ``uncrop_to_original(pred, meta)``. Use ``batch_size=1`` with
+        ``collate_fn=eval_collate`` in a DataLoader (boxes differ in size).
+    """
+
+    def __init__(
+        self,
+        source: CaseSource,
+        case_ids: Sequence[str] | None = None,
+        crop_size: Sequence[int] | None = None,
+    ):
+        self.source = source
+        self.case_ids = _check_ids(source, case_ids)
+        self.crop_size = None if crop_size is None else tuple(int(s) for s in crop_size)
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        case_id = self.case_ids[index]
+        image, bits, meta = self.source.load(case_id)
+        meta = dict(meta)
+        if self.crop_size is None:
+            image = np.array(image, dtype=np.float32)
+        else:
+            start = center_crop_start(image.shape[1:], self.crop_size)
+            meta["crop_start"] = list(start)
+            image = crop_pad(image, start, self.crop_size)
+            bits = None if bits is None else crop_pad(bits, start, self.crop_size)
+        target = None if bits is None else _targets(np.asarray(bits))
+        return {
+            "image": torch.from_numpy(image),
+            "target": target,
+            "case_id": case_id,
+            "meta": meta,
+        }
+
+
+def eval_collate(batch: list[dict]) -> dict:
+    """Collate :class:`EvalDataset` items: tensors stacked, ``case_id``/``meta`` as lists.
+
+    ``target`` is ``None`` when any item is unlabelled. Items must share a spatial shape
+    (true for ``batch_size=1`` or a fixed ``crop_size``).
+    """
+    targets = [b["target"] for b in batch]
+    return {
+        "image": torch.stack([b["image"] for b in batch]),
+        "target": None if any(t is None for t in targets) else torch.stack(targets),
+        "case_id": [b["case_id"] for b in batch],
+        "meta": [b["meta"] for b in batch],
+    }

@@ -1,0 +1,317 @@
+"""Cache, split, datasets and the ``python -m rirn.preprocess`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import rirn.data.cache as cache_mod
+from rirn.data.cache import CacheSource, clean_stale_tmp, ensure_cache
+from rirn.data.dataset import EvalDataset, TrainDataset, eval_collate, uncrop_to_original
+from rirn.data.io import NiftiSource, read_case
+from rirn.data.split import make_split, read_split, resolve_split, write_split
+from rirn.errors import DataError
+from rirn.labels import get_scheme, labels_to_regions
+from tests.brats_fixtures import SAMPLE_CASE, SAMPLE_ROOT, make_dataset, write_case
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def assert_same_sources(a, b):
+    assert a.case_ids == b.case_ids
+    for case_id in a.case_ids:
+        image_a, bits_a, meta_a = a.load(case_id)
+        image_b, bits_b, meta_b = b.load(case_id)
+        assert image_a.dtype == image_b.dtype == np.float32
+        assert np.array_equal(image_a, image_b)
+        assert (bits_a is None and bits_b is None) or np.array_equal(bits_a, bits_b)
+        assert meta_a == meta_b
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_dataset(tmp_path / "data", "brats2021", n_cases=3)
+
+
+# ---------------------------------------------------------------- cache
+
+
+def test_cache_equals_direct_reading(tmp_path, dataset):
+    root, ids = dataset
+    cache = ensure_cache(root, tmp_path / "cache", progress=False)
+    info = json.loads((cache / "dataset.json").read_text())
+    assert info == {
+        "release": "brats2021",
+        "scheme": "brats",
+        "source_root": str(root.resolve()),
+        "cases": ids,
+        "version": cache_mod.CACHE_VERSION,
+    }
+    source = CacheSource(cache)
+    assert isinstance(source.load(ids[0])[0], np.memmap)
+    assert_same_sources(NiftiSource(root), source)
+
+
+def test_cache_reuses_done_cases(tmp_path, dataset, monkeypatch):
+    root, ids = dataset
+    ensure_cache(root, tmp_path / "cache", progress=False)
+    done = []
+    real = cache_mod.preprocess_case
+    monkeypatch.setattr(
+        cache_mod, "preprocess_case", lambda c, *a: done.append(c.case_id) or real(c, *a)
+    )
+    ensure_cache(root, tmp_path / "cache", progress=False)
+    assert done == []
+    write_case(root / "BraTS2021_00042", "brats2021", seed=9)
+    ensure_cache(root, tmp_path / "cache", progress=False)
+    assert done == ["BraTS2021_00042"]
+    assert CacheSource(tmp_path / "cache").case_ids == [*ids, "BraTS2021_00042"]
+
+
+def test_killed_run_leaves_no_half_case(tmp_path, dataset, monkeypatch):
+    root, ids = dataset
+    cache = tmp_path / "cache"
+    real_save, calls = np.save, []
+
+    def save_then_die(path, array, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:  # case 1 wrote image + seg; die inside case 2
+            raise KeyboardInterrupt
+        real_save(path, array, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_cache(root, cache, progress=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in cache.iterdir()) == [ids[0]]  # no tmp, no half case
+    with pytest.raises(DataError, match="no dataset.json"):
+        CacheSource(cache)
+    # A real kill leaves a tmp folder behind: it is ignored, and removed once old.
+    stale = cache / f"{ids[1]}.tmp-dead"
+    stale.mkdir()
+    (stale / "image.npy").write_bytes(b"half")
+    young = cache / f"{ids[2]}.tmp-live"
+    young.mkdir()
+    old = time.time() - 2 * cache_mod.STALE_TMP_SECONDS
+    os.utime(stale, (old, old))
+    ensure_cache(root, cache, progress=False)
+    assert not stale.exists() and young.exists()
+    assert_same_sources(NiftiSource(root), CacheSource(cache))
+    assert clean_stale_tmp(cache, older_than=0) == [young]
+
+
+def test_cache_of_another_scheme_is_refused(tmp_path, dataset):
+    ensure_cache(dataset[0], tmp_path / "cache", progress=False)
+    root23, _ = make_dataset(tmp_path / "d23", "brats2023", n_cases=1)
+    with pytest.raises(DataError, match="'brats' data, not version 1 'brats2023'"):
+        ensure_cache(root23, tmp_path / "cache", progress=False)
+
+
+def test_unlabelled_cases_are_cached_without_seg(tmp_path):
+    root, ids = make_dataset(tmp_path / "data", "brats2023", n_cases=2)
+    (root / ids[0] / f"{ids[0]}-seg.nii.gz").unlink()
+    with pytest.raises(DataError, match="missing segmentation"):
+        ensure_cache(root, tmp_path / "cache", progress=False)
+    cache = ensure_cache(root, tmp_path / "cache", progress=False, require_seg=False)
+    assert not (cache / ids[0] / "seg.npy").exists()
+    assert_same_sources(NiftiSource(root, require_seg=False), CacheSource(cache))
+    item = EvalDataset(CacheSource(cache))[0]
+    assert item["target"] is None and item["image"].shape[0] == 4
+    with pytest.raises(DataError, match="no segmentation"):
+        TrainDataset(CacheSource(cache), [ids[0]], (8, 8, 8))[0]
+
+
+# ---------------------------------------------------------------- split
+
+
+def test_split_is_deterministic_and_two_to_one():
+    ids = [f"c{i:02d}" for i in range(30)]
+    a = make_split(ids, seed=3)
+    assert a == make_split(list(reversed(ids)), seed=3)  # order of input irrelevant
+    assert a != make_split(ids, seed=4)
+    assert len(a["train"]) == 20 and len(a["val"]) == 10 and a["seed"] == 3
+    assert sorted(a["train"] + a["val"]) == ids and a["train"] == sorted(a["train"])
+    for n, n_val in [(1, 0), (2, 1), (3, 1), (6, 2), (10, 3)]:
+        assert len(make_split(ids[:n])["val"]) == n_val
+
+
+def test_split_file_is_honoured_and_checked(tmp_path):
+    ids = ["a", "b", "c", "d"]
+    path = write_split(tmp_path / "split.json", {"train": ["d", "a"], "val": ["c"], "seed": 9})
+    assert resolve_split(
+        ids, seed=0, split_file=path, out_path=tmp_path / "run" / "split.json"
+    ) == {
+        "train": ["d", "a"],
+        "val": ["c"],
+        "seed": 9,
+    }
+    assert json.loads((tmp_path / "run" / "split.json").read_text())["train"] == ["d", "a"]
+    write_split(path, {"train": ["a", "zz"], "val": ["b"], "seed": 0})
+    with pytest.raises(
+        DataError, match=r"split file .*split.json: case\(s\) not in the dataset: \['zz'\]"
+    ):
+        read_split(path, ids)
+    write_split(path, {"train": ["a"], "val": ["a"]})
+    with pytest.raises(DataError, match="listed twice"):
+        read_split(path, ids)
+    path.write_text("{not json")
+    with pytest.raises(DataError, match="unreadable"):
+        read_split(path, ids)
+    with pytest.raises(DataError, match="not found"):
+        read_split(tmp_path / "nope.json", ids)
+
+
+# ---------------------------------------------------------------- datasets
+
+
+class MemorySource:
+    """In-memory source whose voxels encode their coordinates (to check crop/flip alignment)."""
+
+    def __init__(self, shape):
+        x, y, z = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+        code = (1 + x * 10000 + y * 100 + z).astype(np.float32)
+        self.image = np.stack([code * (c + 1) for c in range(4)])
+        self.bits = ((x + y + z) % 8).astype(np.uint8)
+        self.case_ids = ["m0", "m1"]
+
+    def load(self, case_id):
+        return self.image, self.bits, {"case_id": case_id}
+
+
+@pytest.mark.parametrize("shape,crop", [((20, 18, 16), (8, 10, 12)), ((6, 18, 5), (8, 10, 12))])
+def test_train_crops_keep_image_and_target_aligned(shape, crop):
+    torch.manual_seed(0)
+    ds = TrainDataset(MemorySource(shape), crop_size=crop, flip_prob=0.5)
+    for _ in range(10):
+        item = ds[0]
+        image, target = item["image"].numpy(), item["target"].numpy()
+        assert item["case_id"] == "m0"
+        assert image.shape == (4, *crop) and image.dtype == np.float32
+        assert target.shape == (3, *crop) and target.dtype == np.float32
+        code = image[0].astype(np.int64)
+        valid = code > 0
+        for c in range(4):
+            assert np.array_equal(image[c], image[0] * (c + 1))
+        assert not target[:, ~valid].any()  # padding: zero image, zero target
+        x, y, z = (code - 1) // 10000, (code - 1) // 100 % 100, (code - 1) % 100
+        for r in range(3):
+            assert np.array_equal(target[r][valid], ((x + y + z) % 8 >> r & 1)[valid])
+        # The window holds min(shape, crop) voxels along each axis.
+        assert valid.sum() == np.prod([min(s, k) for s, k in zip(shape, crop, strict=True)])
+
+
+def test_train_randomness_is_seeded_and_differs_between_workers():
+    source = MemorySource((20, 18, 16))
+
+    def crops(seed, workers):
+        torch.manual_seed(seed)
+        ds = TrainDataset(source, ["m0"] * 4, crop_size=(6, 6, 6))
+        loader = DataLoader(ds, batch_size=1, num_workers=workers)
+        return [b["image"][0, 0].flatten()[0].item() for b in loader]
+
+    assert crops(1, 0) == crops(1, 0)
+    assert crops(1, 0) != crops(2, 0)
+    with_workers = crops(1, 2)
+    assert with_workers == crops(1, 2)
+    assert with_workers[0] != with_workers[1]  # items 0 and 1 come from different workers
+
+
+def test_eval_dataset_pastes_back_to_the_original(tmp_path, dataset):
+    root, ids = dataset
+    source = CacheSource(ensure_cache(root, tmp_path / "cache", progress=False))
+    nifti = NiftiSource(root)
+    ds = EvalDataset(source)
+    for i, case_id in enumerate(ids):
+        item = ds[i]
+        meta = item["meta"]
+        box = [hi - lo for lo, hi in meta["bbox"]]
+        assert item["case_id"] == case_id and item["image"].shape == (4, *box)
+        _, seg, _, _ = read_case(nifti.index.case(case_id), "brats")
+        expected = labels_to_regions(seg, get_scheme("brats"))
+        assert np.array_equal(uncrop_to_original(item["target"].numpy(), meta), expected)
+    centred = EvalDataset(source, [ids[0]], crop_size=(8, 30, 8))[0]
+    assert centred["image"].shape == (4, 8, 30, 8)
+    back = uncrop_to_original(centred["target"].numpy(), centred["meta"]).astype(bool)
+    assert not (back & ~expected_for(nifti, ids[0])).any()
+    batch = next(iter(DataLoader(ds, batch_size=1, collate_fn=eval_collate)))
+    assert batch["image"].shape[0] == 1 and batch["case_id"] == [ids[0]]
+    assert batch["meta"][0]["case_id"] == ids[0]
+    with pytest.raises(DataError, match="not in the data source"):
+        EvalDataset(source, ["nope"])
+
+
+def expected_for(nifti, case_id):
+    _, seg, _, _ = read_case(nifti.index.case(case_id), "brats")
+    return labels_to_regions(seg, get_scheme("brats"))
+
+
+# ---------------------------------------------------------------- command line
+
+
+def run_preprocess(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "rirn.preprocess", *overrides]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_builds_cache_and_writes_nothing_else(tmp_path, dataset):
+    root, ids = dataset
+    work = tmp_path / "cwd"
+    work.mkdir()
+    proc = run_preprocess(
+        work, f"data.root={root}", f"data.cache_dir={tmp_path / 'c'}", "data.num_workers=2"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == f"cache ready: {tmp_path / 'c'} (3 cases)"
+    assert list(work.iterdir()) == []  # no outputs/, .hydra/ or log file
+    assert_same_sources(NiftiSource(root), CacheSource(tmp_path / "c"))
+
+
+@pytest.mark.parametrize("problem", ["missing-modality", "missing-key"])
+def test_cli_bad_input_is_one_line(tmp_path, dataset, problem):
+    root, ids = dataset
+    args = [f"data.root={root}", f"data.cache_dir={tmp_path / 'c'}"]
+    if problem == "missing-modality":
+        (root / ids[1] / f"{ids[1]}_flair.nii.gz").unlink()
+        expected = f"{ids[1]}_flair.nii.gz"
+    else:
+        args = args[1:]
+        expected = "data.root is required"
+    proc = run_preprocess(tmp_path, *args)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# ---------------------------------------------------------------- the real case
+
+
+@pytest.mark.slow  # ~4 s: two full reads of a 240x240x155 case
+def test_real_sample_cache_and_crops(tmp_path):
+    if not (SAMPLE_ROOT / SAMPLE_CASE).is_dir():
+        pytest.skip("shared/data/brats2021-sample not present")
+    cache = ensure_cache(SAMPLE_ROOT, tmp_path / "cache", progress=False)
+    source = CacheSource(cache)
+    nifti = NiftiSource(SAMPLE_ROOT)
+    assert_same_sources(nifti, source)
+    image, bits, meta = source.load(SAMPLE_CASE)
+    assert meta["shape"] == [240, 240, 155]
+    brain = (image != 0).any(0)
+    values = image[:, brain].astype(np.float64)  # float32 reductions drift by ~1e-3 here
+    assert np.allclose(values.mean(1), 0, atol=1e-5) and np.allclose(values.std(1), 1, atol=1e-5)
+    torch.manual_seed(0)
+    item = TrainDataset(source, crop_size=(160, 192, 128))[0]
+    assert item["image"].shape == (4, 160, 192, 128) and item["target"].shape == (3, 160, 192, 128)
+    assert item["target"].sum() > 0
+    back = uncrop_to_original(EvalDataset(source)[0]["target"].numpy(), meta)
+    assert np.array_equal(back, expected_for(nifti, SAMPLE_CASE))
