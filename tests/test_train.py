@@ -275,3 +275,59 @@ def test_cli_smoke_run_and_two_process_gloo(tmp_path, cache_root):
     rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1  # rank 0 only writes
     assert load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_non_finite_loss_names_term_and_step_and_keeps_checkpoint(
+    tmp_path, cache_root, monkeypatch
+):
+    import rirn.training.engine as engine
+
+    real_step = engine.train_step
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        losses = real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 2 (4 training cases per epoch), its 2nd step
+            losses = losses.clone()
+            losses[TERMS.index("car")] = float("nan")
+        return losses
+
+    monkeypatch.setattr(engine, "train_step", poisoned)
+    overrides = ["debug=smoke", f"data.cache_root={cache_root}", "trainer.progress=false"]
+    with pytest.raises(engine.NonFiniteLossError, match=r"non-finite car loss .* epoch 2, step 6"):
+        _train(tmp_path, overrides, name="nan")
+    assert load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume(tmp_path, cache_root):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "killed"
+    args = [
+        sys.executable,
+        "-m",
+        "rirn.train",
+        "debug=smoke",
+        f"data.cache_root={cache_root}",
+        "trainer.max_epochs=4",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.time() + 600
+    while time.time() < deadline and not last.is_file():
+        time.sleep(0.2)
+    time.sleep(1.0)  # now inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = load_checkpoint(last)["epoch"]
+    assert 1 <= done < 4
+    res = run_cli(["-m", "rirn.train", *args[3:], "resume=true"], cwd=REPO)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]

@@ -148,6 +148,12 @@ class CoTrainer:
             nets.opt_disc.load_state_dict(state["optimizers"]["disc"])
         for sched, s in zip(self.schedulers, state["schedulers"], strict=False):
             sched.load_state_dict(s)
+            # The stored lr belongs to the old schedule; trainer.max_epochs may have been raised
+            # for the resumed run (lr would stay 0), so recompute it from the poly rule.
+            for group, base, fn in zip(
+                sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True
+            ):
+                group["lr"] = base * fn(sched.last_epoch)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
