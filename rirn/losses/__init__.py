@@ -1,0 +1,46 @@
+"""Losses of RIRN (Su et al., Neural Networks 2024), functional first, with thin module wrappers.
+
+=============  =========================================  ================================
+equation       function                                   module
+=============  =========================================  ================================
+Eq. 1          :func:`dice_loss`                          :mod:`rirn.losses.dice`
+Eq. 2-5        :func:`crr_loss` (``region_masks``,         :mod:`rirn.losses.crr`
+               ``region_centres``, ``region_relation``)
+Eq. 6-7        :func:`relation`, :func:`car_loss`         :mod:`rirn.losses.car`
+Eq. 8          :func:`discriminator_loss`,                :mod:`rirn.losses.adv`
+               :func:`adversarial_loss`
+=============  =========================================  ================================
+
+All losses return float32 scalars (float64 for float64 inputs) and work with autocast on;
+teacher inputs never receive a gradient. See ``docs/method.md`` for the reading of the paper.
+"""
+
+from rirn.losses.adv import adversarial_loss, discriminator_loss
+from rirn.losses.car import DEFAULT_CAR_CHUNK, CARLoss, car_loss, relation
+from rirn.losses.crr import (
+    AGGREGATIONS,
+    CRRLoss,
+    crr_loss,
+    region_centres,
+    region_masks,
+    region_relation,
+)
+from rirn.losses.dice import DEFAULT_DICE_EPS, DiceLoss, dice_loss
+
+__all__ = [
+    "AGGREGATIONS",
+    "DEFAULT_CAR_CHUNK",
+    "DEFAULT_DICE_EPS",
+    "CARLoss",
+    "CRRLoss",
+    "DiceLoss",
+    "adversarial_loss",
+    "car_loss",
+    "crr_loss",
+    "dice_loss",
+    "discriminator_loss",
+    "region_centres",
+    "region_masks",
+    "region_relation",
+    "relation",
+]
