@@ -1,0 +1,244 @@
+"""rirn.inference against direct forward passes and hand-computed blends."""
+
+from __future__ import annotations
+
+import itertools
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rirn.inference import (
+    center_crop_inference,
+    importance_map,
+    probs_to_regions,
+    sliding_window_inference,
+    window_starts,
+)
+
+ATOL = 1e-6
+
+
+class Output(NamedTuple):
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+class TupleModel(nn.Module):
+    """Returns an ``Output`` NamedTuple, like ``UNet3D`` returns ``UNetOutput``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return Output(self.net(x), x)
+
+
+class Recorder(nn.Module):
+    """Wraps a model and records the shape of every input and whether autocast was on."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.shapes: list[tuple[int, ...]] = []
+        self.autocast: list[bool] = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        self.autocast.append(torch.is_autocast_enabled(x.device.type))
+        return self.net(x)
+
+
+def conv_stack(seed: int = 0, symmetric: bool = False) -> nn.Module:
+    """Two 3x3x3 conv layers (zero padding). ``symmetric`` averages every kernel over the 8
+    axis flips, which makes the network commute with flipping the volume."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 3, 3, padding=1))
+    if symmetric:
+        with torch.no_grad():
+            for conv in (net[0], net[2]):
+                w = conv.weight
+                flips = [c for n in range(4) for c in itertools.combinations((2, 3, 4), n)]
+                w.copy_(sum(w.flip(f) for f in flips) / len(flips))
+    return net.eval()
+
+
+def pointwise(seed: int = 0) -> nn.Module:
+    """A 1x1x1 conv: commutes with translation, so any window tiling gives the same output."""
+    torch.manual_seed(seed)
+    return nn.Conv3d(2, 3, 1).eval()
+
+
+def image(*shape, seed: int = 1) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def direct(model, x):
+    with torch.no_grad():
+        out = model(x)
+    return torch.sigmoid(out.logits if isinstance(out, tuple) else out)
+
+
+def test_window_starts_by_hand():
+    assert window_starts(20, 8, 0.5) == [0, 4, 8, 12]
+    assert window_starts(17, 8, 0.5) == [0, 3, 6, 9]  # 3 strides of 3 <= 4 spread evenly
+    assert window_starts(8, 8, 0.5) == [0]
+    assert window_starts(9, 8, 0.0) == [0, 1]
+    with pytest.raises(ValueError):
+        window_starts(7, 8, 0.5)
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.8])
+def test_window_starts_cover_the_axis(overlap):
+    for size, roi in itertools.product(range(8, 40), (4, 7, 8)):
+        starts = window_starts(size, roi, overlap)
+        covered = np.zeros(size, dtype=bool)
+        for s in starts:
+            covered[s : s + roi] = True
+        assert covered.all() and starts[0] == 0 and starts[-1] == size - roi
+        assert max(np.diff(starts), default=0) <= max(int(roi * (1 - overlap)), 1)
+
+
+def test_importance_map():
+    roi = (6, 5, 4)
+    w = importance_map(roi, sigma_scale=0.125)
+    assert w.shape == roi and w.dtype == torch.float32
+    for axes in [(0,), (1,), (2,), (0, 1, 2)]:
+        torch.testing.assert_close(w.flip(axes), w)
+    sigma = 0.125 * np.array(roi)
+    offset = np.array([0, 4, 1]) - (np.array(roi) - 1) / 2
+    expected = np.exp(-0.5 * np.sum((offset / sigma) ** 2))
+    assert float(w[0, 4, 1]) == pytest.approx(expected, rel=1e-6)
+    assert torch.equal(importance_map(roi, "constant"), torch.ones(roi))
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_single_window_equals_direct_pass(wrap):
+    net = conv_stack()
+    model = TupleModel(net) if wrap else net
+    x = image(2, 2, 12, 10, 8)
+    probs = sliding_window_inference(model, x, (12, 10, 8))
+    assert probs.dtype == torch.float32 and probs.shape == (2, 3, 12, 10, 8)
+    torch.testing.assert_close(probs, direct(net, x), atol=ATOL, rtol=0)
+
+
+def test_image_smaller_than_window_is_padded_and_cropped_back():
+    # One conv layer with zero padding sees the same zeros whether they come from the conv's
+    # own padding or from the padded canvas.
+    torch.manual_seed(0)
+    model = Recorder(nn.Conv3d(2, 3, 3, padding=1).eval())
+    x = image(1, 2, 7, 9, 6)
+    probs = sliding_window_inference(model, x, (10, 9, 8))
+    assert model.shapes == [(1, 2, 10, 9, 8)]
+    torch.testing.assert_close(probs, direct(model.net, x), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "constant"])
+def test_many_windows_on_translation_equivariant_model(mode):
+    model = Recorder(pointwise())
+    x = image(2, 2, 20, 17, 13)
+    probs = sliding_window_inference(model, x, 8, overlap=0.5, mode=mode, batch_size=3)
+    n_windows = 4 * 4 * 3  # window_starts: [0,4,8,12], [0,3,6,9], [0,2.5->2,5]
+    assert sum(s[0] for s in model.shapes) == n_windows * 2
+    assert model.shapes[0] == (3 * 2, 2, 8, 8, 8)
+    torch.testing.assert_close(probs, direct(model.net, x), atol=ATOL, rtol=0)
+
+
+class WindowConstant(nn.Module):
+    """Predicts one constant probability per call: 0.2 on the first window, 0.9 on the second."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        p = (0.2, 0.9)[self.calls]
+        self.calls += 1
+        logit = float(np.log(p / (1 - p)))
+        return torch.full((x.shape[0], 1, *x.shape[2:]), logit)
+
+
+def test_overlap_is_the_gaussian_weighted_mean_of_window_probabilities():
+    # Along axis 0 the windows start at 0 and 4; voxels 4..7 are in both.
+    x = image(1, 1, 12, 3, 2)
+    probs = sliding_window_inference(WindowConstant(), x, (8, 3, 2), overlap=0.5)[0, 0]
+    w = importance_map((8, 3, 2)).double()
+    for i in range(12):
+        w0 = w[i] if i < 8 else torch.zeros_like(w[0])
+        w1 = w[i - 4] if i >= 4 else torch.zeros_like(w[0])
+        expected = (0.2 * w0 + 0.9 * w1) / (w0 + w1)
+        torch.testing.assert_close(probs[i].double(), expected, atol=ATOL, rtol=0)
+    assert probs[4:8].min() > 0.2 and probs[4:8].max() < 0.9
+
+
+def test_center_crop_pastes_the_crop_prediction_back():
+    model = Recorder(conv_stack())
+    x = image(2, 2, 20, 16, 11)
+    probs = center_crop_inference(model, x, (8, 10, 6))
+    assert model.shapes == [(2, 2, 8, 10, 6)]
+    inside = (slice(6, 14), slice(3, 13), slice(2, 8))  # offsets (S - roi) // 2
+    expected = torch.zeros(2, 3, 20, 16, 11)
+    expected[(..., *inside)] = direct(model.net, x[(..., *inside)])
+    torch.testing.assert_close(probs, expected, atol=ATOL, rtol=0)
+
+
+def test_center_crop_pads_short_axes():
+    model = Recorder(TupleModel(conv_stack()))
+    x = image(1, 2, 5, 16, 12)
+    probs = center_crop_inference(model, x, 8)
+    assert model.shapes == [(1, 2, 8, 8, 8)]
+    window = torch.zeros(1, 2, 8, 8, 8)
+    window[:, :, 1:6] = x[:, :, :, 4:12, 2:10]  # axis 0 padded 1 + 2, the others cropped
+    expected = torch.zeros(1, 3, 5, 16, 12)
+    expected[:, :, :, 4:12, 2:10] = direct(model.net, window)[:, :, 1:6]
+    torch.testing.assert_close(probs, expected, atol=ATOL, rtol=0)
+
+
+def test_flip_tta_on_flip_equivariant_model_changes_nothing():
+    model = conv_stack(symmetric=True)
+    x = image(1, 2, 14, 12, 10)
+    plain = sliding_window_inference(model, x, 8, overlap=0.5)
+    tta = sliding_window_inference(model, x, 8, overlap=0.5, tta_flip=True)
+    torch.testing.assert_close(tta, plain, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        center_crop_inference(model, x, 8, tta_flip=True),
+        center_crop_inference(model, x, 8),
+        atol=ATOL,
+        rtol=0,
+    )
+
+
+def test_flip_tta_is_the_mean_over_the_8_flips():
+    model = Recorder(conv_stack())
+    x = image(1, 2, 8, 7, 6)
+    tta = sliding_window_inference(model, x, (8, 7, 6), tta_flip=True)
+    assert len(model.shapes) == 8
+    flips = [c for n in range(4) for c in itertools.combinations((2, 3, 4), n)]
+    expected = sum(direct(model.net, x.flip(f)).flip(f) for f in flips) / 8
+    torch.testing.assert_close(tta, expected, atol=ATOL, rtol=0)
+    assert not torch.allclose(tta, direct(model.net, x), atol=1e-3)
+
+
+def test_autocast_bfloat16_only_when_asked():
+    model = Recorder(conv_stack())
+    x = image(1, 2, 8, 8, 8)
+    full = sliding_window_inference(model, x, 8)
+    low = sliding_window_inference(model, x, 8, amp_dtype=torch.bfloat16)
+    assert model.autocast == [False, True]
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, full, atol=2e-2, rtol=0)
+
+
+def test_bad_model_output():
+    with pytest.raises(TypeError, match="logits"):
+        sliding_window_inference(lambda x: (x,), image(1, 2, 4, 4, 4), 4)
+
+
+def test_probs_to_regions():
+    probs = torch.tensor([0.2, 0.5, 0.51, 0.9])
+    assert probs_to_regions(probs).tolist() == [False, False, True, True]
+    assert probs_to_regions(probs, threshold=0.3).tolist() == [False, True, True, True]
+    assert probs_to_regions(probs.numpy()).dtype == np.bool_
