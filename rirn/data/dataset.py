@@ -49,8 +49,8 @@ def _check_ids(source: CaseSource, case_ids: Sequence[str] | None) -> list[str]:
     return list(case_ids)
 
 
-def _targets(bits: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(bits_to_regions(bits)).to(torch.float32)
+def _targets(bits: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.from_numpy(bits_to_regions(bits)).to(dtype)
 
 
 class TrainDataset(Dataset):
@@ -72,7 +72,9 @@ class TrainDataset(Dataset):
         flip_prob: probability of flipping along each axis.
 
     Returns (per item):
-        ``{"image": float32 (4, *crop_size), "target": float32 (3, *crop_size) WT/TC/ET masks,
+        ``{"image": float32 (4, *crop_size), "target": uint8 (3, *crop_size) WT/TC/ET masks in
+        {0, 1} (uint8, not float: a quarter of the bytes through workers, pinning and the
+        host-to-device copy; the training step converts it on the device),
         "case_id": str}``.
     """
 
@@ -110,7 +112,11 @@ class TrainDataset(Dataset):
         axes = random_flip_axes(rng, self.flip_prob)
         crop = crop_pad(image, start, self.crop_size, flip_axes=axes)
         target = crop_pad(bits, start, self.crop_size, flip_axes=axes)
-        return {"image": torch.from_numpy(crop), "target": _targets(target), "case_id": case_id}
+        return {
+            "image": torch.from_numpy(crop),
+            "target": _targets(target, torch.uint8),
+            "case_id": case_id,
+        }
 
 
 class EvalDataset(Dataset):

@@ -108,7 +108,7 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
         batch_size=int(cfg.trainer.batch_size),
         sampler=sampler,
         num_workers=workers,
-        pin_memory=settings.device.type == "cuda",
+        pin_memory=settings.device.type == "cuda" and bool(data_cfg.pin_memory),
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         drop_last=False,

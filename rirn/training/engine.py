@@ -52,6 +52,7 @@ class CoTrainer:
         )
         self.device = settings.device
         self.student_channels = channel_indices(settings.modalities)
+        self.student_index = torch.tensor(self.student_channels, device=self.device)
         self.max_epochs = int(cfg.trainer.max_epochs)
         self.ckpt_dir = run_dir / "checkpoints"
         self.epoch, self.best_metric, self.history, self.global_step = 0, -math.inf, [], 0
@@ -222,7 +223,7 @@ class CoTrainer:
                 train_step(
                     self.nets,
                     batch,
-                    self.student_channels,
+                    self.student_index,
                     self.cfg.loss,
                     self.device,
                     self.settings.amp_dtype,

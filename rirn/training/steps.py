@@ -36,6 +36,15 @@ def unwrap_ddp(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
+def select_channels(image: torch.Tensor, channels: list[int] | torch.Tensor) -> torch.Tensor:
+    """``image[:, channels]``. Pass ``channels`` as an index tensor on ``image``'s device in a
+    hot loop: indexing a CUDA tensor with a Python list copies the list to the device and
+    synchronises with the host on every call."""
+    if isinstance(channels, torch.Tensor):
+        return image.index_select(1, channels)
+    return image[:, channels]
+
+
 def compute_losses(
     nets: StepNets, image: torch.Tensor, target: torch.Tensor, student_channels: list[int], loss_cfg
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -44,7 +53,8 @@ def compute_losses(
     Args:
         image: ``(B, 4, *S)`` float, all modalities in canonical order.
         target: ``(B, 3, *S)`` float {0, 1}, WT/TC/ET.
-        student_channels: indices of the student's modalities in ``image``.
+        student_channels: indices of the student's modalities in ``image`` (a list, or an
+            int64 tensor on the device to keep the step free of host syncs).
 
     Returns:
         ``(terms, probs_t, probs_s)``: scalar loss tensors keyed by :data:`TERMS` (``disc`` is
@@ -53,7 +63,7 @@ def compute_losses(
     teacher_ctx = contextlib.nullcontext() if nets.teacher_trainable else torch.no_grad()
     with teacher_ctx:
         out_t = nets.teacher(image)
-    out_s = nets.student(image[:, student_channels])
+    out_s = nets.student(select_channels(image, student_channels))
     probs_t = torch.sigmoid(out_t.logits.float())
     probs_s = torch.sigmoid(out_s.logits.float())
     zero = probs_s.new_zeros(())
@@ -114,7 +124,8 @@ def train_step(
     """
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     image = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
-    target = batch["target"].to(device, non_blocking=True)
+    # Targets travel as uint8 masks (see TrainDataset) and become float on the device.
+    target = batch["target"].to(device, non_blocking=True).float()
     autocast = torch.autocast(
         device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
     )
