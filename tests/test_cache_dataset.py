@@ -196,7 +196,7 @@ def test_train_crops_keep_image_and_target_aligned(shape, crop):
         image, target = item["image"].numpy(), item["target"].numpy()
         assert item["case_id"] == "m0"
         assert image.shape == (4, *crop) and image.dtype == np.float32
-        assert target.shape == (3, *crop) and target.dtype == np.float32
+        assert target.shape == (3, *crop) and target.dtype == np.uint8
         code = image[0].astype(np.int64)
         valid = code > 0
         for c in range(4):

@@ -92,7 +92,8 @@ def test_resume_continues_epoch_count(smoke_run, tmp_path, cache_root):
     rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     # Poly decay continues from the stored scheduler: lr of epoch 3 is base * (1 - 2/3)^0.9.
-    assert rows[2]["lr"] == pytest.approx(1e-4 * (1 - 2 / 3) ** 0.9, rel=1e-6)
+    base = rows[0]["lr"]  # epoch 1 runs at the base lr (CPU default 1e-3)
+    assert rows[2]["lr"] == pytest.approx(base * (1 - 2 / 3) ** 0.9, rel=1e-6)
     assert before["history"] == after["history"][:2]
 
 
@@ -288,14 +289,14 @@ def test_non_finite_loss_names_term_and_step_and_keeps_checkpoint(
     def poisoned(*args, **kwargs):
         losses = real_step(*args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 6:  # epoch 2 (4 training cases per epoch), its 2nd step
+        if calls["n"] == 3:  # epoch 2 (4 training cases, batch 2: 2 steps per epoch), 1st step
             losses = losses.clone()
             losses[TERMS.index("car")] = float("nan")
         return losses
 
     monkeypatch.setattr(engine, "train_step", poisoned)
     overrides = ["debug=smoke", f"data.cache_root={cache_root}", "trainer.progress=false"]
-    with pytest.raises(engine.NonFiniteLossError, match=r"non-finite car loss .* epoch 2, step 6"):
+    with pytest.raises(engine.NonFiniteLossError, match=r"non-finite car loss .* epoch 2, step 3"):
         _train(tmp_path, overrides, name="nan")
     assert load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")["epoch"] == 1
 

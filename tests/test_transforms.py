@@ -126,7 +126,7 @@ def test_random_crop_start_ranges():
 
 def test_center_crop_start():
     assert center_crop_start((240, 240, 155), (160, 192, 128)) == (40, 24, 13)
-    assert center_crop_start((134, 177, 136), (160, 192, 128)) == (-13, -8, 4)
+    assert center_crop_start((134, 177, 136), (160, 192, 128)) == (-13, -7, 4)  # pad 15: 7 before
 
 
 def test_flip_naive_and_random_axes():
@@ -169,3 +169,23 @@ def test_uncrop_to_original_numpy_and_torch():
     back = uncrop_to_original(window, {**meta, "crop_start": list(start)})
     assert np.array_equal(back[back != 0], volume[back != 0])
     assert np.count_nonzero(back) == 4 * 9 * 5
+
+
+def test_center_crop_start_matches_center_crop_inference():
+    import torch
+
+    from rirn.data.transforms import center_crop_start, crop_pad
+    from rirn.inference import center_crop_inference
+
+    shape, roi = (29, 36, 31), (32, 32, 32)
+    volume = torch.arange(float(np.prod(shape))).reshape(1, 1, *shape)
+    seen = {}
+
+    def model(x):  # records the window it is given, predicts its input
+        seen["window"] = x.clone()
+        return torch.logit(torch.full_like(x, 0.5)).repeat(1, 3, 1, 1, 1)
+
+    center_crop_inference(model, volume, roi)
+    start = center_crop_start(shape, roi)
+    expected = crop_pad(volume[0].numpy(), start, roi)
+    assert np.array_equal(seen["window"][0].numpy(), expected)

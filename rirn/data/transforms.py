@@ -138,8 +138,15 @@ def random_crop_start(
 
 
 def center_crop_start(shape: Sequence[int], size: Sequence[int]) -> tuple[int, ...]:
-    """Start of the centred window (negative where the volume is smaller: centred padding)."""
-    return tuple((d - n) // 2 for d, n in zip(shape, size, strict=True))
+    """Start of the centred window (negative where the volume is smaller: centred padding).
+
+    Odd differences round towards the volume's start on both sides (crop: ``(d - n) // 2``;
+    pad: ``-((n - d) // 2)``), the same placement as ``rirn.inference.center_crop_inference``,
+    so a centre-cropped dataset item and a centre-crop prediction line up voxel for voxel.
+    """
+    return tuple(
+        (d - n) // 2 if d >= n else -((n - d) // 2) for d, n in zip(shape, size, strict=True)
+    )
 
 
 def random_flip_axes(rng: np.random.Generator, prob: float = 0.5, ndim: int = 3) -> tuple[int, ...]:

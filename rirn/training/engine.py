@@ -23,7 +23,7 @@ from rirn.training.data import DataBundle
 from rirn.training.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from rirn.training.logs import RunLogger, summary_line, validation_picture
 from rirn.training.setup import RunSettings, load_teacher_weights
-from rirn.training.steps import TERMS, StepNets, train_step
+from rirn.training.steps import TERMS, StepNets, distill_scale, train_step
 
 log = logging.getLogger("rirn.train")
 
@@ -218,6 +218,7 @@ class CoTrainer:
         )
         pending, total, count = [], None, 0
         every = max(1, int(self.cfg.trainer.log_every_n_steps))
+        scale = distill_scale(self.epoch, int(self.cfg.loss.get("rampup_epochs", 0)))
         for batch in bar:
             pending.append(
                 train_step(
@@ -229,6 +230,7 @@ class CoTrainer:
                     self.settings.amp_dtype,
                     self.scaler,
                     bool(self.cfg.trainer.channels_last),
+                    scale,
                 )
             )
             self.global_step += 1

@@ -46,7 +46,12 @@ def select_channels(image: torch.Tensor, channels: list[int] | torch.Tensor) -> 
 
 
 def compute_losses(
-    nets: StepNets, image: torch.Tensor, target: torch.Tensor, student_channels: list[int], loss_cfg
+    nets: StepNets,
+    image: torch.Tensor,
+    target: torch.Tensor,
+    student_channels: list[int] | torch.Tensor,
+    loss_cfg,
+    distill_scale: float = 1.0,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Forward both networks and compute every enabled term.
 
@@ -55,6 +60,8 @@ def compute_losses(
         target: ``(B, 3, *S)`` float {0, 1}, WT/TC/ET.
         student_channels: indices of the student's modalities in ``image`` (a list, or an
             int64 tensor on the device to keep the step free of host syncs).
+        distill_scale: factor on the CRR/CAR/ADV weights (the ramp-up of
+            :func:`distill_scale`); the logged terms are unscaled.
 
     Returns:
         ``(terms, probs_t, probs_s)``: scalar loss tensors keyed by :data:`TERMS` (``disc`` is
@@ -100,9 +107,7 @@ def compute_losses(
     terms["total"] = (
         terms["dice_t"]
         + w.dice * terms["dice_s"]
-        + w.crr * terms["crr"]
-        + w.car * terms["car"]
-        + w.adv * terms["adv"]
+        + distill_scale * (w.crr * terms["crr"] + w.car * terms["car"] + w.adv * terms["adv"])
     )
     return terms, probs_t, probs_s
 
@@ -116,6 +121,7 @@ def train_step(
     amp_dtype: torch.dtype | None,
     scaler: torch.amp.GradScaler | None = None,
     channels_last: bool = False,
+    distill_scale: float = 1.0,
 ) -> torch.Tensor:
     """One optimisation step of teacher + student, then of the discriminator.
 
@@ -132,7 +138,9 @@ def train_step(
 
     nets.opt_main.zero_grad(set_to_none=True)
     with autocast:
-        terms, probs_t, probs_s = compute_losses(nets, image, target, student_channels, loss_cfg)
+        terms, probs_t, probs_s = compute_losses(
+            nets, image, target, student_channels, loss_cfg, distill_scale
+        )
     _backward_step(terms["total"], nets.opt_main, scaler)
 
     terms["disc"] = terms["total"].new_zeros(())
@@ -144,6 +152,19 @@ def train_step(
     if scaler is not None:
         scaler.update()
     return torch.stack([terms[k].detach().float() for k in TERMS])
+
+
+def distill_scale(epoch: int, rampup_epochs: int) -> float:
+    """Linear ramp-up of the distillation weights: ``epoch / rampup_epochs`` capped at 1
+    (``epoch`` counts from 0, so the first epoch trains on Dice alone). 0 = no ramp (paper).
+
+    Why: CRR's masks (Eq. 3) and CAR's target relations come from the co-trained teacher, which
+    is random at the start; the sign-valued L1 gradient of CRR then dominates the student's
+    Dice gradient under Adam and stalls it (docs/method.md, "Loss weights and ramp-up").
+    """
+    if rampup_epochs <= 0:
+        return 1.0
+    return min(1.0, epoch / rampup_epochs)
 
 
 def _backward_step(loss, optimizer, scaler) -> None:
