@@ -1,0 +1,350 @@
+"""``python -m rirn.report``: the paper's tables (4, 6, 7 and the 15 subsets) from a sweep.
+
+Examples::
+
+    python -m rirn.train -m experiment=ablation hydra.sweep.dir=multirun/ablation
+    python -m rirn.report sweep_dir=multirun/ablation output_dir=reports/ablation
+    python -m rirn.report sweep_dir=DIR tables=[ablation,aggregation] paper=false
+    python -m rirn.report sweep_dir=DIR inference.mode=center_crop device=cuda
+
+The runs of ``sweep_dir`` are evaluated by :func:`rirn.evaluate.evaluate_sweep`, with
+``reuse=true`` by default: a run whose ``eval/`` results match its checkpoint and the settings
+is read back, not evaluated again. Every option of ``python -m rirn.evaluate`` applies. Each
+run's resolved config (``<run>/.hydra/config.yaml``) says which table rows it fills and which
+tables the sweep supports (:mod:`rirn.evaluation.report_tables`). Written to ``output_dir``
+(default ``<sweep_dir>/report``):
+
+==========================  ==================================================================
+``report.md``               the tables, the paper's numbers (``paper=true``), runs without
+                            results, expected rows without a run, runs that fit no table
+``table4_ablation.csv``     one CSV per table shown: Dice (fractions), deltas, paper rows
+``table6_unimodal.csv``
+``table7_aggregation.csv``
+``subsets.csv``/``.tex``    the 15-subset table, in the format of ``summary.csv``/``.tex``
+``all_runs/``               ``python -m rirn.evaluate sweep_dir=...`` output over every run
+==========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from rirn.config import CONFIG_DIR
+from rirn.data.modalities import subset_name
+from rirn.errors import ConfigError, DataError, cli_errors
+from rirn.evaluate import evaluate_sweep
+from rirn.evaluation.render import render_latex, render_markdown
+from rirn.evaluation.report_tables import (
+    NO_RUN,
+    PAPER_SOURCE,
+    SWEEP_SOURCE,
+    SWITCHES,
+    TABLE_NAMES,
+    TABLES,
+    ReportRow,
+    RunResult,
+    TableSpec,
+    Variant,
+    detect_tables,
+    paper_rows,
+    row_runs,
+    subset_summary,
+    table_rows,
+    train_overrides,
+    variant_of,
+)
+from rirn.evaluation.runs import RunEntry, find_runs
+from rirn.evaluation.tables import (
+    SUMMARY_REGIONS,
+    Problem,
+    SummaryRow,
+    read_per_case_csv,
+    summarize,
+    write_summary_csv,
+)
+
+ALL_RUNS = "all_runs"
+
+
+def read_variant(run_dir: Path) -> Variant | None:
+    """The :class:`Variant` of a run's ``.hydra/config.yaml``; ``None`` when unreadable."""
+    try:
+        return variant_of(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    except Exception:  # noqa: BLE001 - any unreadable or odd config means "fits no table"
+        return None
+
+
+def parse_tables(value) -> tuple[TableSpec, ...] | None:
+    """The tables of ``tables=``: ``None`` for ``auto`` (:func:`detect_tables` decides once
+    the runs are known), else the named ones in report order.
+
+    Raises:
+        ConfigError: an unknown table name, or an empty list.
+    """
+    if isinstance(value, str) and value == "auto":
+        return None
+    names = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    unknown = [str(n) for n in names if n not in TABLE_NAMES]
+    if unknown or not names:
+        raise ConfigError(
+            f"tables={value} must be auto or a list of {', '.join(TABLE_NAMES)} "
+            f"(unknown: {', '.join(unknown) or 'empty list'})"
+        )
+    return tuple(t for t in TABLES if t.name in names)
+
+
+def _read_summary(path: Path) -> tuple[list[Problem], tuple[str, str]]:
+    """The runs without results of a sweep ``summary.csv`` and its (inference, post-processing)
+    descriptions."""
+    with path.open(newline="") as f:
+        lines = list(csv.DictReader(f))
+    problems = [
+        Problem(r["run"], tuple(r["subset"].split("+")) if r["subset"] else None, r["status"])
+        for r in lines
+        if r["model"] == "student" and r["status"] != "ok"
+    ]
+    settings = (lines[0]["inference"], lines[0]["postprocess"]) if lines else ("-", "-")
+    return problems, settings
+
+
+def evaluate_runs(cfg: DictConfig, out: Path) -> tuple[list[dict], list[Problem], tuple]:
+    """Evaluate every run of ``cfg.sweep_dir`` (each into its own ``eval/``, reused when
+    current), writing the combined files to ``out``.
+
+    Returns:
+        The per-case rows, the runs without results and the (inference, post-processing)
+        descriptions. When no run could be evaluated the rows are empty: the report still
+        lists every run and why.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    # A summary left by an earlier report must not pass for this evaluation's.
+    (out / "summary.csv").unlink(missing_ok=True)
+    try:
+        evaluate_sweep(OmegaConf.merge(cfg, {"output_dir": str(out)}))
+    except DataError:
+        if not (out / "summary.csv").is_file():
+            raise
+    problems, settings = _read_summary(out / "summary.csv")
+    return read_per_case_csv(out / "per_case.csv"), problems, settings
+
+
+def run_results(entries: Sequence[RunEntry], rows: list[dict], problems) -> list[RunResult]:
+    """One :class:`RunResult` per run folder, in the sweep's order."""
+    rows_by_run = {r.run: r for r in summarize(rows, problems) if r.model == "student"}
+    missing = "failed: not in the evaluation's results"
+    return [
+        RunResult(
+            e.name,
+            read_variant(e.path),
+            rows_by_run.get(e.name) or SummaryRow("student", e.subset, e.name, status=missing),
+        )
+        for e in entries
+    ]
+
+
+def _nested(markdown: str) -> list[str]:
+    """A :func:`render_markdown` document as a report section: headings one level deeper, its
+    own list of runs without results left out (the report's closing sections have them all)."""
+    lines = ["#" + line if line.startswith("#") else line for line in markdown.splitlines()]
+    end = "### Runs without results"
+    return lines[: lines.index(end) - 1] if end in lines else lines
+
+
+def write_table(out: Path, table: TableSpec, runs, per_case, settings, paper: bool) -> list[str]:
+    """Write one table's CSV (and, for the subsets, its LaTeX); returns its report section."""
+    if table.name == "subsets":
+        rows = subset_summary(table, runs, per_case)
+        write_summary_csv(out / table.file, rows, *settings)
+        (out / Path(table.file).with_suffix(".tex")).write_text(
+            render_latex(rows, {"Table": table.title})
+        )
+        return _nested(render_markdown(rows, {}, table.title))
+    lines = [f"## {table.title}", ""]
+    rows = table_rows(table, runs)
+    lines += table_markdown(table, rows)
+    reference = paper_rows(table) if paper else []
+    if reference:
+        lines += ["", f"{PAPER_SOURCE}, for reference:", "", *table_markdown(table, reference)]
+    if table.note:
+        lines += ["", table.note]
+    write_table_csv(out / table.file, table, [*rows, *reference])
+    return lines
+
+
+def _lists(tables: Sequence[TableSpec], runs: Sequence[RunResult]) -> list[str]:
+    """The report's closing sections: nothing is dropped without being named."""
+    lines = []
+    failed = [f"- `{r.name}`: {r.summary.status}" for r in runs if r.summary.status != "ok"]
+    if failed:
+        lines += ["", "## Runs without results", "", *failed]
+    absent = [
+        f"- {t.title.split(':')[0]}, row `{s.key}`: {NO_RUN}; train it with "
+        f"`python -m rirn.train {s.train}`"
+        for t in tables
+        for s in t.rows
+        if not row_runs(s, runs)
+    ]
+    if absent:
+        lines += ["", "## Expected rows without a run", "", *absent]
+    placed = {r.name for t in tables for s in t.rows for r in row_runs(s, runs)}
+    unplaced = [f"- `{r.name}`: {_describe(r.variant)}" for r in runs if r.name not in placed]
+    if unplaced:
+        lines += ["", "## Runs in none of these tables", "", *unplaced]
+    return lines
+
+
+def _describe(variant: Variant | None) -> str:
+    if variant is None:
+        return "its .hydra/config.yaml is missing or has no modality/loss switches"
+    return f"trained with `{train_overrides(variant)}`"
+
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "source",
+    "row",
+    "modality",
+    *SWITCHES,
+    "aggregation",
+    "run",
+    "n",
+    "status",
+    *(f"dice_{reg}_{s}" for reg in SUMMARY_REGIONS for s in ("mean", "std")),
+    *(f"delta_{reg}" for reg in SUMMARY_REGIONS),
+    "reference",
+    "train",
+)
+
+
+def _csv_line(table: TableSpec, row: ReportRow) -> list:
+    spec, v = row.spec, row.spec.variant
+    dice = [row.dice.get(reg, (math.nan, math.nan))[i] for reg in SUMMARY_REGIONS for i in (0, 1)]
+    delta = [row.delta.get(reg, math.nan) for reg in SUMMARY_REGIONS]
+    reference = table.row(spec.reference).label if spec.reference else ""
+    head = [row.source, spec.label, subset_name(v.subset), *(str(s).lower() for s in v.switches)]
+    tail = [row.run, row.n or "", row.status]
+    numbers = ["" if math.isnan(x) else x for x in (*dice, *delta)]
+    return [*head, v.aggregation or "", *tail, *numbers, reference, spec.train]
+
+
+def write_table_csv(path: str | Path, table: TableSpec, rows: Iterable[ReportRow]) -> Path:
+    """One CSV line per :class:`ReportRow` (:data:`CSV_COLUMNS`; Dice as fractions, empty
+    cells where there is no number)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(_csv_line(table, row) for row in rows)
+    return path
+
+
+def markdown_table(head: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
+    """Lines of a Markdown table."""
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+
+
+def table_markdown(table: TableSpec, rows: Sequence[ReportRow]) -> list[str]:
+    """Lines of one of Tables 4, 6, 7: label columns, run and n (for the sweep's rows), Dice
+    (%) of WT, TC, ET, AVG, and the delta of AVG in Dice points."""
+    runs = any(r.source == SWEEP_SOURCE for r in rows)
+    head = [*table.columns, *(("run", "n") if runs else ()), *SUMMARY_REGIONS, "Δ AVG"]
+    body = []
+    for r in rows:
+        if r.dice:
+            values = [f"{100 * r.dice[reg][0]:.2f}" for reg in SUMMARY_REGIONS]
+        else:
+            values = [r.status.split(":")[0]] * len(SUMMARY_REGIONS)
+        delta = f"{100 * r.delta['AVG']:+.2f}" if r.delta else ""
+        run = (f"`{r.run}`" if r.run else "-", str(r.n or "")) if runs else ()
+        body.append([*r.spec.cells, *run, *values, delta])
+    return markdown_table(head, body)
+
+
+def _files(table: TableSpec) -> set[str]:
+    """The files a table writes: its CSV, and a LaTeX version of the subsets table."""
+    tex = {Path(table.file).with_suffix(".tex").name} if table.name == "subsets" else set()
+    return {table.file} | tex
+
+
+def _remove_stale(out: Path, tables: Sequence[TableSpec]) -> None:
+    """Delete the files of tables not in this report, left by an earlier one in ``out``."""
+    shown = set().union(*(_files(t) for t in tables))
+    for name in set().union(*(_files(t) for t in TABLES)) - shown:
+        (out / name).unlink(missing_ok=True)
+
+
+def write_report(cfg: DictConfig, sweep: Path, out: Path, asked: Sequence | None) -> Path:
+    """Evaluate the sweep and write the report files into ``out``; returns ``report.md``.
+
+    Args:
+        cfg: the report config.
+        sweep: the sweep folder.
+        out: the report folder.
+        asked: the tables to show (``None``: the ones the runs support).
+    """
+    entries = find_runs(sweep, str(cfg.prefer))
+    per_case, problems, settings = evaluate_runs(cfg, out / ALL_RUNS)
+    runs = run_results(entries, per_case, problems)
+    tables = list(asked) if asked is not None else detect_tables(runs)
+    _remove_stale(out, tables)
+    done = sum(r.summary.status == "ok" for r in runs)
+    how = "from the runs' configs" if asked is None else "as asked with tables="
+    data = f"all cases of {cfg.data.root}" if cfg.data.root else "validation split of each run"
+    lines = [
+        f"# Report of sweep {sweep.name}",
+        "",
+        f"- Sweep: {sweep}",
+        f"- Runs: {len(runs)} run folders, {done} with results, {len(runs) - done} without",
+        f"- Tables: {', '.join(t.name for t in tables) or 'none'} ({how})",
+        f"- Data: {data}; inference: {settings[0]}; post-processing: {settings[1]}",
+        f"- Per-run results: {out / ALL_RUNS / 'summary.md'}",
+        "- Cells: student Dice (%), mean over cases; AVG = per-case mean of WT, TC, ET; "
+        "Δ AVG = AVG minus the reference row's AVG (mean over its runs), in Dice points. A row "
+        "with several runs has one line per run.",
+    ]
+    for table in tables:
+        lines += ["", *write_table(out, table, runs, per_case, settings, bool(cfg.paper))]
+    if not tables:
+        lines += ["", "No table of the paper fits these runs (see below)."]
+    lines += _lists(tables, runs)
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    if not done:
+        raise DataError(f"no run of sweep_dir={sweep} could be evaluated; see {path}")
+    return path
+
+
+def run(cfg: DictConfig) -> Path:
+    """Write the report of ``cfg.sweep_dir`` (see the module docstring); returns the folder."""
+    if cfg.get("run_dir") or cfg.get("checkpoint"):
+        raise ConfigError(
+            "rirn.report takes sweep_dir=DIR; run_dir/checkpoint= are for rirn.evaluate"
+        )
+    if not cfg.sweep_dir:
+        raise ConfigError("give sweep_dir=DIR (a Hydra multirun folder of python -m rirn.train -m)")
+    if str(cfg.prefer) not in ("best", "last"):
+        raise ConfigError(f"prefer={cfg.prefer!r} must be best or last")
+    asked = parse_tables(cfg.tables)
+    sweep = Path(str(cfg.sweep_dir)).expanduser()
+    out = Path(str(cfg.output_dir)).expanduser() if cfg.output_dir else sweep / "report"
+    path = write_report(cfg, sweep, out, asked)
+    print(path.read_text(), flush=True)
+    print(f"report written to {out} (report.md, one CSV per table, {ALL_RUNS}/)")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="report")
+@cli_errors
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
