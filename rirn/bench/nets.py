@@ -8,11 +8,10 @@ benchmark times the trainer's step on the trainer's objects.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from rirn.models import build_discriminator, build_unet
+from rirn.training.nets import build_step_nets as _build
 from rirn.training.steps import StepNets
 
 __all__ = ["build_step_nets", "initial_state", "make_batch"]
@@ -41,45 +40,19 @@ def build_step_nets(
     channels_last: bool = False,
     fused: bool | None = None,
 ) -> StepNets:
-    """Teacher (trainable), student, discriminator and their Adam optimisers as the trainer
-    builds them (``CoTrainer._build_nets``, without DDP or a teacher checkpoint).
-
-    Args:
-        model_cfg, loss_cfg, optim_cfg: the ``model``, ``loss`` and ``optim`` config groups.
-        student_in: number of student input modalities.
-        device: where the networks live.
-        state: weights from :func:`initial_state` (default: fresh initialisation).
-        compile: wrap each network in ``torch.compile`` (default mode).
-        channels_last: ``channels_last_3d`` weights for both U-Nets.
-        fused: fused Adam; ``None`` reads ``optim.fused`` (``auto``: on CUDA only).
-    """
-    teacher = build_unet(model_cfg, in_channels=4)
-    student = build_unet(model_cfg, in_channels=student_in)
-    disc = build_discriminator(model_cfg) if loss_cfg.adv else None
-    if state is not None:
-        teacher.load_state_dict(state["teacher"])
-        student.load_state_dict(state["student"])
-        if disc is not None:
-            disc.load_state_dict(state["discriminator"])
-    fmt = torch.channels_last_3d if channels_last else torch.preserve_format
-    teacher, student = (m.to(device, memory_format=fmt) for m in (teacher, student))
-    disc = disc.to(device) if disc is not None else None
-    if fused is None:
-        fused = device.type == "cuda" if optim_cfg.fused == "auto" else bool(optim_cfg.fused)
-    adam = dict(
-        betas=tuple(optim_cfg.betas), weight_decay=float(optim_cfg.weight_decay), fused=fused
+    """The trainer's :func:`rirn.training.nets.build_step_nets` (trainable teacher, no DDP),
+    optionally with every network wrapped in ``torch.compile`` (default mode)."""
+    return _build(
+        model_cfg,
+        loss_cfg,
+        optim_cfg,
+        student_in,
+        device,
+        state=state,
+        channels_last=channels_last,
+        fused=fused,
+        wrap=(lambda module, _trainable: torch.compile(module)) if compile else None,
     )
-    params = list(student.parameters()) + list(teacher.parameters())
-    opt_main = torch.optim.Adam(params, lr=float(optim_cfg.lr), **adam)
-    opt_disc = (
-        torch.optim.Adam(disc.parameters(), lr=float(optim_cfg.disc_lr), **adam) if disc else None
-    )
-    if compile:
-        teacher, student = torch.compile(teacher), torch.compile(student)
-        disc = torch.compile(disc) if disc is not None else None
-    scale = int(model_cfg.nonlocal_scale or 1)
-    car_channels = int(model_cfg.widths[int(math.log2(scale))])
-    return StepNets(teacher, student, disc, opt_main, opt_disc, True, car_channels)
 
 
 def make_batch(crop, device: torch.device, seed: int = 0, batch_size: int = 1) -> dict:

@@ -17,11 +17,11 @@ from rirn.data.modalities import channel_indices
 from rirn.errors import RirnError
 from rirn.labels import REGIONS
 from rirn.metrics import dice
-from rirn.models import build_discriminator, build_unet
 from rirn.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, unwrap
 from rirn.training.data import DataBundle
 from rirn.training.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from rirn.training.logs import RunLogger, summary_line, validation_picture
+from rirn.training.nets import build_step_nets
 from rirn.training.setup import RunSettings, load_teacher_weights
 from rirn.training.steps import TERMS, StepNets, distill_scale, train_step
 
@@ -66,39 +66,21 @@ class CoTrainer:
 
     # ---------------------------------------------------------------- construction
     def _build_nets(self) -> StepNets:
-        cfg, dev = self.cfg, self.device
-        teacher = build_unet(cfg.model, in_channels=4)
-        if cfg.teacher.checkpoint:
-            load_teacher_weights(teacher, cfg.teacher.checkpoint)
-        student = build_unet(cfg.model, in_channels=len(self.settings.modalities))
-        disc = build_discriminator(cfg.model) if cfg.loss.adv else None
-        trainable = not cfg.teacher.freeze
-        if not trainable:
-            teacher.requires_grad_(False)
-        fmt = torch.channels_last_3d if cfg.trainer.channels_last else torch.preserve_format
-        teacher, student = (m.to(dev, memory_format=fmt) for m in (teacher, student))
-        disc = disc.to(dev) if disc is not None else None
-        fused = dev.type == "cuda" if cfg.optim.fused == "auto" else bool(cfg.optim.fused)
-        adam = dict(
-            betas=tuple(cfg.optim.betas), weight_decay=float(cfg.optim.weight_decay), fused=fused
+        cfg = self.cfg
+        ckpt = cfg.teacher.checkpoint
+        return build_step_nets(
+            cfg.model,
+            cfg.loss,
+            cfg.optim,
+            len(self.settings.modalities),
+            self.device,
+            load_teacher=(lambda t: load_teacher_weights(t, ckpt)) if ckpt else None,
+            teacher_trainable=not cfg.teacher.freeze,
+            channels_last=bool(cfg.trainer.channels_last),
+            wrap=self._wrap,
         )
-        params = list(student.parameters()) + (list(teacher.parameters()) if trainable else [])
-        opt_main = torch.optim.Adam(params, lr=float(cfg.optim.lr), **adam)
-        opt_disc = (
-            torch.optim.Adam(disc.parameters(), lr=float(cfg.optim.disc_lr), **adam)
-            if disc
-            else None
-        )
-        teacher, student, disc = (
-            self._wrap(m, m is not teacher or trainable) for m in (teacher, student, disc)
-        )
-        scale = int(cfg.model.nonlocal_scale or 1)
-        car_channels = int(cfg.model.widths[int(math.log2(scale))])
-        return StepNets(teacher, student, disc, opt_main, opt_disc, trainable, car_channels)
 
     def _wrap(self, module, trainable: bool):
-        if module is None:
-            return None
         if self.dist.enabled and trainable:
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = DDP(module, device_ids=ids)

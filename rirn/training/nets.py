@@ -1,0 +1,84 @@
+"""Build the networks and optimisers of one co-training step (:class:`StepNets`).
+
+Used by the trainer (with a DDP/compile ``wrap`` and an optional teacher checkpoint) and by the
+benchmark (with fixed initial weights), so both run the step on identical objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from rirn.models import build_discriminator, build_unet
+from rirn.training.steps import StepNets
+
+
+def car_channels(model_cfg) -> int:
+    """C of Eq. 7: the width of the feature map under the non-local block."""
+    scale = int(model_cfg.nonlocal_scale or 1)
+    return int(model_cfg.widths[int(math.log2(scale))])
+
+
+def build_step_nets(
+    model_cfg,
+    loss_cfg,
+    optim_cfg,
+    student_in: int,
+    device: torch.device,
+    *,
+    state: dict[str, dict] | None = None,
+    load_teacher: Callable[[nn.Module], None] | None = None,
+    teacher_trainable: bool = True,
+    channels_last: bool = False,
+    fused: bool | None = None,
+    wrap: Callable[[nn.Module, bool], nn.Module] | None = None,
+) -> StepNets:
+    """Teacher (4 inputs), student (``student_in`` inputs), discriminator (if ``loss.adv``) and
+    their Adam optimisers: one for student + teacher (teacher left out when frozen), one for D.
+
+    Args:
+        model_cfg, loss_cfg, optim_cfg: the ``model``, ``loss`` and ``optim`` config groups.
+        student_in: number of student input modalities.
+        device: where the networks live.
+        state: ``{"teacher", "student", "discriminator"}`` state dicts to start from.
+        load_teacher: called on the fresh teacher (e.g. load a checkpoint) before freezing.
+        teacher_trainable: ``False`` freezes the teacher (no gradients, no optimiser).
+        channels_last: ``channels_last_3d`` weights for both U-Nets.
+        fused: fused Adam; ``None`` reads ``optim.fused`` (``auto``: on CUDA only).
+        wrap: ``wrap(module, trainable)`` applied to each network after the optimisers are
+            built (DDP, ``torch.compile``); identity by default.
+    """
+    teacher = build_unet(model_cfg, in_channels=4)
+    student = build_unet(model_cfg, in_channels=student_in)
+    disc = build_discriminator(model_cfg) if loss_cfg.adv else None
+    if state is not None:
+        teacher.load_state_dict(state["teacher"])
+        student.load_state_dict(state["student"])
+        if disc is not None:
+            disc.load_state_dict(state["discriminator"])
+    if load_teacher is not None:
+        load_teacher(teacher)
+    if not teacher_trainable:
+        teacher.requires_grad_(False)
+    fmt = torch.channels_last_3d if channels_last else torch.preserve_format
+    teacher, student = (m.to(device, memory_format=fmt) for m in (teacher, student))
+    disc = disc.to(device) if disc is not None else None
+    if fused is None:
+        fused = device.type == "cuda" if optim_cfg.fused == "auto" else bool(optim_cfg.fused)
+    adam = dict(
+        betas=tuple(optim_cfg.betas), weight_decay=float(optim_cfg.weight_decay), fused=fused
+    )
+    params = list(student.parameters()) + (list(teacher.parameters()) if teacher_trainable else [])
+    opt_main = torch.optim.Adam(params, lr=float(optim_cfg.lr), **adam)
+    opt_disc = (
+        torch.optim.Adam(disc.parameters(), lr=float(optim_cfg.disc_lr), **adam) if disc else None
+    )
+    if wrap is not None:
+        teacher, student = wrap(teacher, teacher_trainable), wrap(student, True)
+        disc = wrap(disc, True) if disc is not None else None
+    return StepNets(
+        teacher, student, disc, opt_main, opt_disc, teacher_trainable, car_channels(model_cfg)
+    )
