@@ -6,6 +6,7 @@ overrides. Under ``torchrun --nproc_per_node=N -m rirn.train ...`` it runs DDP.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -28,9 +29,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     settings = check_config(cfg, run_dir)  # every config error surfaces here, before heavy work
     dist = init_distributed(settings.device.type)
     if dist.enabled and settings.device.type == "cuda":
-        settings = type(settings)(
-            **{**settings.__dict__, "device": torch.device("cuda", dist.local_rank)}
-        )
+        settings = dataclasses.replace(settings, device=torch.device("cuda", dist.local_rank))
     try:
         from rirn.training.data import prepare_data, seed_everything
         from rirn.training.engine import CoTrainer

@@ -234,6 +234,8 @@ def test_empty_data_root_and_mismatched_teacher(smoke_run, tmp_path):
 
     with pytest.raises(ConfigError, match="does not match the model"):
         load_teacher_weights(build_unet(cfg.model, 4), cfg.teacher.checkpoint)
+    with pytest.raises(ConfigError, match="does not match the model"):
+        check_config(cfg, tmp_path)  # at start-up, before any data preparation
 
 
 def test_cli_bad_modality_is_one_line(tmp_path):
@@ -264,7 +266,7 @@ def test_cli_smoke_run_and_two_process_gloo(tmp_path, cache_root):
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
-            "--master_port=29533",
+            "--standalone",  # rendezvous on a free port: a fixed one can still be in TIME_WAIT
             "-m",
             "rirn.train",
             *common,

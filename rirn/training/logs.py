@@ -31,15 +31,11 @@ class RunLogger:
         if self.writer is not None:
             self.writer.add_image(tag, rgb, step, dataformats="HWC")
 
-    def history(self, row: dict, rewrite: list[dict] | None = None) -> None:
-        """Append one epoch row; ``rewrite`` first replaces the file (used on resume, so rows of
-        an epoch that was lost to a crash do not appear twice)."""
-        if not self.enabled:
-            return
-        if rewrite is not None:
-            self.history_path.write_text("".join(json.dumps(r) + "\n" for r in rewrite))
-        with self.history_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+    def history(self, row: dict) -> None:
+        """Append one epoch row to ``metrics.jsonl``."""
+        if self.enabled:
+            with self.history_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def close(self) -> None:
         if self.writer is not None:

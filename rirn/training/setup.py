@@ -104,6 +104,10 @@ def check_teacher(cfg: DictConfig) -> None:
         return
     if not Path(str(path)).expanduser().is_file():
         raise ConfigError(f"teacher.checkpoint={path} does not exist")
+    # Match it against the configured model now, before data preparation (can take minutes).
+    from rirn.models import build_unet
+
+    load_teacher_weights(build_unet(cfg.model, in_channels=4), path)
 
 
 def teacher_state_dict(path: str | Path) -> dict:
