@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from rirn.data.transforms import (
     center_crop_start,
@@ -23,7 +23,14 @@ from rirn.data.transforms import (
 from rirn.errors import DataError
 from rirn.labels import bits_to_regions
 
-__all__ = ["CaseSource", "EvalDataset", "TrainDataset", "eval_collate", "uncrop_to_original"]
+__all__ = [
+    "CaseSource",
+    "EpochKeySampler",
+    "EvalDataset",
+    "TrainDataset",
+    "eval_collate",
+    "uncrop_to_original",
+]
 
 #: Training crop of the paper / ACN, voxels (X, Y, Z).
 DEFAULT_CROP: tuple[int, int, int] = (160, 192, 128)
@@ -60,16 +67,22 @@ class TrainDataset(Dataset):
     smaller), flipped along each spatial axis with probability ``flip_prob``; image and target
     get the same crop and flips. Only the window is read from a memory-mapped source.
 
-    Randomness comes from a numpy ``Generator`` seeded with ``torch.initial_seed()``: fixed by
-    ``torch.manual_seed`` in the main process (``num_workers=0``), and different in every
-    DataLoader worker and epoch (``base_seed + worker_id``), so runs are reproducible and
-    workers do not repeat each other's crops.
+    Items are addressed two ways:
+
+    * ``ds[(epoch, index)]`` (what :class:`EpochKeySampler` yields, the trainer's path): the crop
+      and flips are a pure function of ``(seed, epoch, index)``, so they are the same with any
+      number of DataLoader workers, persistent or not, and a resumed run sees exactly the crops
+      the interrupted one would have seen.
+    * ``ds[index]``: a numpy ``Generator`` per process seeded with ``torch.initial_seed()``: fixed
+      by ``torch.manual_seed`` in the main process, and different in every DataLoader worker
+      (``base_seed + worker_id``), so plain loaders are reproducible and fresh every epoch.
 
     Args:
         source: a :class:`CaseSource`.
         case_ids: cases to use (default: all of the source).
         crop_size: ``(X, Y, Z)`` window.
         flip_prob: probability of flipping along each axis.
+        seed: base seed of the ``(epoch, index)`` keyed crops.
 
     Returns (per item):
         ``{"image": float32 (4, *crop_size), "target": uint8 (3, *crop_size) WT/TC/ET masks in
@@ -84,11 +97,13 @@ class TrainDataset(Dataset):
         case_ids: Sequence[str] | None = None,
         crop_size: Sequence[int] = DEFAULT_CROP,
         flip_prob: float = 0.5,
+        seed: int = 0,
     ):
         self.source = source
         self.case_ids = _check_ids(source, case_ids)
         self.crop_size = tuple(int(s) for s in crop_size)
         self.flip_prob = float(flip_prob)
+        self.seed = int(seed)
         self._seed: int | None = None
         self._gen: np.random.Generator | None = None
 
@@ -102,12 +117,16 @@ class TrainDataset(Dataset):
             self._seed, self._gen = seed, np.random.default_rng(seed)
         return self._gen
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, tuple):
+            epoch, index = (int(k) for k in key)
+            rng = np.random.default_rng((self.seed, epoch, index))
+        else:
+            index, rng = int(key), self.rng()
         case_id = self.case_ids[index]
         image, bits, _ = self.source.load(case_id)
         if bits is None:
             raise DataError(f"case {case_id}: no segmentation; training needs labelled cases")
-        rng = self.rng()
         start = random_crop_start(image.shape[1:], self.crop_size, rng)
         axes = random_flip_axes(rng, self.flip_prob)
         crop = crop_pad(image, start, self.crop_size, flip_axes=axes)
@@ -117,6 +136,29 @@ class TrainDataset(Dataset):
             "target": _targets(target, torch.uint8),
             "case_id": case_id,
         }
+
+
+class EpochKeySampler(Sampler):
+    """Yields ``(epoch, index)`` for each index of ``sampler`` (which must have ``set_epoch``,
+    e.g. ``DistributedSampler``), so :class:`TrainDataset` can key its crops on the epoch.
+
+    The key travels with each index from the main process, where the sampler lives, to the
+    workers: a persistent worker's copy of the dataset never needs to be told the epoch.
+    """
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 class EvalDataset(Dataset):

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from rirn.data.cache import CacheSource, ensure_cache
-from rirn.data.dataset import EvalDataset, TrainDataset
+from rirn.data.dataset import EpochKeySampler, EvalDataset, TrainDataset
 from rirn.data.split import make_split, read_split, write_split
 from rirn.data.synthetic import GENERATOR_VERSION, ensure_synthetic
 from rirn.training.distributed import DistInfo, barrier
@@ -25,7 +25,7 @@ class DataBundle:
     """Everything the loop needs from the data side."""
 
     train_loader: DataLoader
-    sampler: DistributedSampler
+    sampler: EpochKeySampler
     val_dataset: EvalDataset
     val_indices: list[int]  # this rank's share of the validation cases
     split: dict
@@ -33,7 +33,7 @@ class DataBundle:
     scheme: str
 
     def set_epoch(self, epoch: int) -> None:
-        # Shuffling depends on (seed, epoch) only, so a resumed run sees the same order.
+        # Order and crops depend on (seed, epoch) only, so a resumed run sees the same batches.
         self.sampler.set_epoch(epoch)
 
     def val_items(self):
@@ -98,15 +98,25 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
             f"data: {root} (cache {cache_dir}); "
             f"{len(split['train'])} train / {len(split['val'])} val cases"
         )
-    train_ds = TrainDataset(source, split["train"], settings.crop_size, float(data_cfg.flip_prob))
-    sampler = DistributedSampler(
-        train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=int(cfg.seed)
+    seed = int(cfg.seed)
+    train_ds = TrainDataset(
+        source, split["train"], settings.crop_size, float(data_cfg.flip_prob), seed=seed
+    )
+    # Order from (seed, epoch) and crops from (seed, epoch, index): a resumed run trains on
+    # exactly the batches the interrupted one would have, whatever the number of workers.
+    sampler = EpochKeySampler(
+        DistributedSampler(
+            train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed
+        )
     )
     workers = int(data_cfg.num_workers)
     loader = DataLoader(
         train_ds,
         batch_size=int(cfg.trainer.batch_size),
         sampler=sampler,
+        # Its own generator: the loader's per-epoch worker seed draw then leaves the global
+        # torch RNG (dropout; restored on resume) alone, persistent workers or not.
+        generator=torch.Generator().manual_seed(seed),
         num_workers=workers,
         pin_memory=settings.device.type == "cuda" and bool(data_cfg.pin_memory),
         persistent_workers=workers > 0,
