@@ -348,6 +348,21 @@ def test_summary_follows_paper_table_layout():
     assert math.isnan(mean.stats[("dice", "TC")][1])
 
 
+def test_mean_row_counts_each_subset_once():
+    """Two seeds of T1ce (Dice WT 0.2 and 0.4) and one FLAIR run (0.9): the Mean row is the
+    mean over subsets, (0.3 + 0.9) / 2, not over runs (0.5)."""
+    rows = _fake_rows("t1ce-a", ("t1ce",), "student", [0.2])
+    rows += _fake_rows("t1ce-b", ("t1ce",), "student", [0.4])
+    rows += _fake_rows("flair", ("flair",), "student", [0.9])
+    mean = summarize(rows)[-1]
+    assert mean.model == "mean" and mean.run == "mean of 2 subsets (3 runs)"
+    assert mean.stats[("dice", "WT")][0] == pytest.approx(0.6)
+    two_seeds = summarize(
+        _fake_rows("a", ("t1",), "student", [0.2]) + _fake_rows("b", ("t1",), "student", [0.4])
+    )
+    assert [r.model for r in two_seeds] == ["student", "student"]  # one subset: no Mean row
+
+
 def test_per_case_csv_round_trip(tmp_path):
     rows = _fake_rows("run", ("t1ce",), "student", [0.1234567890123, 0.5])
     rows[0]["gt_empty"] = True

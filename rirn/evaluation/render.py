@@ -76,8 +76,8 @@ def render_markdown(rows: list[SummaryRow], info: Mapping[str, str], title: str)
     cells = "- Cells: mean ± sample std over cases; AVG = per-case mean of WT, TC, ET."
     if sum(r.model == "student" for r in rows) > 1:
         cells += (
-            " The teacher row pools the full-modality teachers of all runs; Mean = mean of the "
-            "student rows."
+            " The teacher row pools the full-modality teachers of all runs; Mean = mean over "
+            "subsets of the student rows (runs of one subset averaged first)."
         )
     lines += [f"- Convention: {CONVENTION}.", cells]
     for metric in ("dice", "hd95"):

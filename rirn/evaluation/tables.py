@@ -7,11 +7,12 @@
 
 The summary has one row per student run (a run is one modality subset), in the paper's subset
 order (:func:`rirn.data.modalities.all_subsets`), then one *teacher* row pooling the
-full-modality teachers of every run, then a *Mean* row (the plain mean of the student rows, as
-the paper's tables) when there are several students. Each row holds mean and sample standard
-deviation (``n - 1``) over cases of Dice and HD95 for WT, TC, ET and AVG, where AVG is the
-per-case mean of the three regions. Runs that have no results (no checkpoint, or their
-evaluation failed) keep their row with a ``status`` saying why and no numbers.
+full-modality teachers of every run, then a *Mean* row (the plain mean over subsets, as the
+paper's tables; several runs of one subset are averaged first) when there are two or more
+subsets. Each row holds mean and sample standard deviation (``n - 1``) over cases of Dice and
+HD95 for WT, TC, ET and AVG, where AVG is the per-case mean of the three regions. Runs that have
+no results (no checkpoint, or their evaluation failed) keep their row with a ``status`` saying
+why and no numbers.
 
 The empty-mask convention is BraTS 2018-2021's (:data:`CONVENTION`, see :mod:`rirn.metrics`).
 """
@@ -174,11 +175,25 @@ def _subset_key(subset: tuple[str, ...] | None) -> int:
 
 
 def _mean_row(students: list[SummaryRow]) -> SummaryRow:
-    done = [r for r in students if r.stats]
+    """Mean over subsets of the student means; runs of one subset (seeds, or the same subset
+    trained by two experiments into one sweep) are averaged first, so each subset counts once."""
+    by_subset: dict = {}
+    for r in students:
+        if r.stats:
+            by_subset.setdefault(r.subset, []).append(r)
+    keys = next(iter(by_subset.values()))[0].stats
     stats = {
-        key: (float(np.mean([r.stats[key][0] for r in done])), math.nan) for key in done[0].stats
+        key: (
+            float(np.mean([np.mean([r.stats[key][0] for r in g]) for g in by_subset.values()])),
+            math.nan,
+        )
+        for key in keys
     }
-    return SummaryRow("mean", None, f"mean of {len(done)} students", 0, stats)
+    runs = sum(len(g) for g in by_subset.values())
+    label = f"mean of {len(by_subset)} subsets" + (
+        f" ({runs} runs)" if runs > len(by_subset) else ""
+    )
+    return SummaryRow("mean", None, label, 0, stats)
 
 
 def summarize(rows: list[Mapping], problems: Iterable[Problem] = ()) -> list[SummaryRow]:
@@ -190,7 +205,7 @@ def summarize(rows: list[Mapping], problems: Iterable[Problem] = ()) -> list[Sum
 
     Returns:
         Student rows (by subset order, then run name), the pooled teacher row (when there are
-        teacher rows) and the Mean row (when at least two students have results).
+        teacher rows) and the Mean row (when students of at least two subsets have results).
     """
     groups: dict[str, list[Mapping]] = {}
     subsets: dict[str, tuple[str, ...]] = {}
@@ -208,7 +223,7 @@ def summarize(rows: list[Mapping], problems: Iterable[Problem] = ()) -> list[Sum
     if teacher:
         runs = ",".join(sorted({r["run"] for r in teacher}))
         out.append(SummaryRow("teacher", MODALITIES, runs, *_stats(teacher)))
-    if sum(1 for r in students if r.stats) >= 2:
+    if len({r.subset for r in students if r.stats}) >= 2:
         out.append(_mean_row(students))
     return out
 
