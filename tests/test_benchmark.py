@@ -118,7 +118,8 @@ def test_variant_names_and_skips():
             parse_variant(bad)
     assert "CUDA" in skip_reason(parse_variant("bf16+compile"), CPU, explicit=False)
     assert skip_reason(parse_variant("bf16+compile"), CPU, explicit=True) is None
-    assert "fp16" in skip_reason(parse_variant("fp16"), CPU, explicit=True)
+    assert "fp16" in skip_reason(parse_variant("fp16"), CPU, explicit=False)
+    assert skip_reason(parse_variant("fp16"), CPU, explicit=True) is None  # CPU grad scaler
     assert skip_reason(parse_variant("fp32"), CPU, explicit=False) is None
 
 

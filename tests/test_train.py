@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from rirn.errors import ConfigError
-from rirn.models import build_discriminator, build_unet
+from rirn.models import build_unet
 from rirn.train import run
 from rirn.training.checkpoint import load_checkpoint
 from rirn.training.setup import check_config
-from rirn.training.steps import TERMS, StepNets, compute_losses, train_step
+from rirn.training.steps import TERMS, compute_losses, train_step
 
 from .conftest import REPO, compose_config, run_cli
+from .step_fixtures import SMALL_MODEL, TINY_RUN, make_batch, make_nets
 
 
 def _train(tmp_path: Path, overrides: list[str], name="run") -> tuple[Path, dict]:
@@ -118,42 +119,6 @@ def test_frozen_teacher_is_unchanged(smoke_run, tmp_path, cache_root):
     assert any(not torch.equal(student_before[k], student_after[k]) for k in student_before)
 
 
-SMALL_MODEL = [
-    "model.widths=[8,16,16,16]",
-    "model.norm_groups=4",
-    "model.nonlocal_channels=8",
-    "model.discriminator.channels=8",
-]
-
-
-def _nets(cfg, modalities=1, teacher_trainable=True):
-    torch.manual_seed(0)
-    teacher, student = build_unet(cfg.model, 4), build_unet(cfg.model, modalities)
-    disc = build_discriminator(cfg.model)
-    params = list(student.parameters()) + (list(teacher.parameters()) if teacher_trainable else [])
-    return StepNets(
-        teacher,
-        student,
-        disc,
-        torch.optim.Adam(params, 1e-3),
-        torch.optim.Adam(disc.parameters(), 1e-3),
-        teacher_trainable,
-        car_channels=int(cfg.model.widths[3]),
-    )
-
-
-def _batch(seed=0, size=16):
-    g = torch.Generator().manual_seed(seed)
-    image = torch.randn(1, 4, size, size, size, generator=g)
-    wt = torch.zeros(1, 1, size, size, size)
-    wt[..., 4:12, 4:12, 4:12] = 1
-    tc = torch.zeros_like(wt)
-    tc[..., 6:10, 6:10, 6:10] = 1
-    et = torch.zeros_like(wt)
-    et[..., 7:9, 7:9, 7:9] = 1
-    return {"image": image, "target": torch.cat([wt, tc, et], 1)}
-
-
 @pytest.mark.parametrize(
     "crr,mf,car,adv", [c for c in itertools.product([False, True], repeat=4) if c[0] or not c[1]]
 )
@@ -162,9 +127,9 @@ def test_each_ablation_switch_combination_trains_a_step(crr, mf, car, adv):
         "train",
         SMALL_MODEL + [f"loss.crr={crr}", f"loss.mf={mf}", f"loss.car={car}", f"loss.adv={adv}"],
     )
-    nets = _nets(cfg)
+    nets = make_nets(cfg)
     before = [p.detach().clone() for p in nets.student.parameters()]
-    losses = train_step(nets, _batch(), [2], cfg.loss, torch.device("cpu"), None)
+    losses = train_step(nets, make_batch(), [2], cfg.loss, torch.device("cpu"), None)
     assert losses.shape == (len(TERMS),) and torch.isfinite(losses).all()
     terms = dict(zip(TERMS, losses.tolist(), strict=True))
     assert (terms["crr"] != 0) == crr and (terms["car"] != 0) == car and (terms["adv"] != 0) == adv
@@ -176,8 +141,8 @@ def test_each_ablation_switch_combination_trains_a_step(crr, mf, car, adv):
 
 def test_distillation_terms_send_no_gradient_to_teacher():
     cfg = compose_config("train", SMALL_MODEL)
-    nets = _nets(cfg)
-    batch = _batch()
+    nets = make_nets(cfg)
+    batch = make_batch()
     terms, _, _ = compute_losses(nets, batch["image"], batch["target"], [2], cfg.loss)
     (terms["crr"] + terms["car"] + terms["adv"]).backward()
     assert all(p.grad is None or not p.grad.any() for p in nets.teacher.parameters())
@@ -267,6 +232,7 @@ def test_cli_smoke_run_and_two_process_gloo(tmp_path, cache_root):
             "torch.distributed.run",
             "--nproc_per_node=2",
             "--standalone",  # rendezvous on a free port: a fixed one can still be in TIME_WAIT
+            "--tee=3",  # each rank's output, prefixed, in ours: a failure names its rank's error
             "-m",
             "rirn.train",
             *common,
@@ -274,7 +240,7 @@ def test_cli_smoke_run_and_two_process_gloo(tmp_path, cache_root):
         ],
         cwd=REPO,
     )
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1  # rank 0 only writes
     assert load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["epoch"] == 1
@@ -334,3 +300,19 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, cache_root):
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_resume_is_exact_with_persistent_workers(tmp_path, cache_root):
+    """Stopped after epoch 1 and resumed, a run ends bit for bit where an uninterrupted one does,
+    also with persistent loader workers: crops are keyed on (seed, epoch, index) and the
+    loader's seed draws leave the checkpointed torch RNG (dropout) alone."""
+    common = [*TINY_RUN, f"data.cache_root={cache_root}", "data.num_workers=2"]
+    straight, _ = _train(tmp_path, common + ["trainer.max_epochs=2"], name="straight")
+    _train(tmp_path, common + ["trainer.max_epochs=1"], name="split")
+    resumed, _ = _train(tmp_path, common + ["trainer.max_epochs=2", "resume=true"], name="split")
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    for net in ("teacher", "student", "discriminator"):
+        for key, value in a[net].items():
+            assert torch.equal(value, b[net][key]), (net, key)
+    assert [r["train/total"] for r in a["history"]] == [r["train/total"] for r in b["history"]]

@@ -109,10 +109,10 @@ def parse_variant(text: str) -> Variant:
 
 def skip_reason(variant: Variant, device: torch.device, explicit: bool) -> str | None:
     """Why ``variant`` is not timed on ``device``, or None. ``explicit``: the user listed it."""
-    if variant.precision == "fp16" and device.type != "cuda":
-        return "fp16 needs CUDA (it trains with a CUDA grad scaler)"
     if device.type == "cuda" or explicit:
         return None
+    if variant.precision == "fp16":
+        return "CPU run: fp16 (autocast + grad scaler) is timed on CUDA only (list it to force it)"
     if variant.compile:
         return "CPU run: torch.compile is timed on CUDA only (list it in variants= to force it)"
     if variant.channels_last:
@@ -172,7 +172,7 @@ def run_variant(variant: Variant, setup: StepSetup) -> dict:
     extra step run under ``torch.cuda.set_sync_debug_mode("warn")``) with ``host_sync_sites``.
     """
     device = setup.device
-    scaler = torch.amp.GradScaler("cuda") if variant.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if variant.precision == "fp16" else None
     nets = build_step_nets(
         setup.model_cfg,
         setup.loss_cfg,

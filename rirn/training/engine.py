@@ -61,7 +61,7 @@ class CoTrainer:
             self._poly(o) for o in (self.nets.opt_main, self.nets.opt_disc) if o is not None
         ]
         use_scaler = settings.amp_dtype == torch.float16
-        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
         self.logger = RunLogger(run_dir, dist.is_main, bool(cfg.logger.tensorboard))
 
     # ---------------------------------------------------------------- construction
@@ -102,7 +102,7 @@ class CoTrainer:
             "student": unwrap(nets.student).state_dict(),
             "teacher": unwrap(nets.teacher).state_dict(),
             "discriminator": unwrap(nets.discriminator).state_dict()
-            if nets.discriminator
+            if nets.discriminator is not None
             else None,
             "optimizers": {
                 "main": nets.opt_main.state_dict(),
