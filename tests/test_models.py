@@ -188,7 +188,7 @@ def test_meta_count_matches_real_forward_hooks():
 # ---------------------------------------------------------------- non-local block
 
 
-def _naive_nonlocal(block: NonLocalBlock, x: torch.Tensor):
+def _naive_nonlocal(block: NonLocalBlock, x: torch.Tensor, scaled: bool = False):
     def conv1(conv, t):  # 1x1x1 conv as a matrix product over flattened voxels
         w = conv.weight.flatten(1)
         y = torch.einsum("oc,bcn->bon", w, t)
@@ -196,20 +196,26 @@ def _naive_nonlocal(block: NonLocalBlock, x: torch.Tensor):
 
     flat = x.flatten(2)
     theta, phi, g = conv1(block.theta, flat), conv1(block.phi, flat), conv1(block.g, flat)
+    if scaled:
+        theta = theta / math.sqrt(theta.shape[1])
     attn = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # (B, N, N), rows sum to 1
     y = g @ attn.transpose(1, 2)  # y_i = sum_j A_ij g_j
     z = block.norm(conv1(block.out, y).reshape(x.shape))
     return x + z, theta, phi
 
 
-def test_nonlocal_matches_naive():
+@pytest.mark.parametrize("scaled", [False, True])
+def test_nonlocal_matches_naive(scaled):
+    """Unscaled (paper) and ``scaled`` (theta / sqrt(C'), the opt-in ablation) blocks against
+    the attention written out by hand; the returned query carries the scale, so CAR's relation
+    softmax(q^T k) is the block's attention in both cases."""
     torch.manual_seed(0)
-    block = NonLocalBlock(16, 8, lambda c: nn.GroupNorm(4, c)).double()
+    block = NonLocalBlock(16, 8, lambda c: nn.GroupNorm(4, c), scaled=scaled).double()
     nn.init.normal_(block.norm.weight)  # leave the identity start, so the attention path counts
     nn.init.normal_(block.norm.bias)
     x = torch.randn(2, 16, 4, 3, 5, dtype=torch.float64)
     z, q, k = block(x)
-    z_ref, q_ref, k_ref = _naive_nonlocal(block, x)
+    z_ref, q_ref, k_ref = _naive_nonlocal(block, x, scaled)
     torch.testing.assert_close(q, q_ref)
     torch.testing.assert_close(k, k_ref)
     torch.testing.assert_close(z, z_ref)
@@ -318,6 +324,11 @@ def test_build_from_yaml():
     assert count_parameters(build_unet(cfg, in_channels=4)) == 4_734_147 + 3 * 27 * 16
     disc = build_discriminator(cfg)
     assert count_parameters(disc) == (3 * 64 * 4**3 + 64) + (64 * 4**3 + 1)
+    assert student.nonlocal_block.query_scale == 1.0  # the paper's unscaled attention
+    cfg.nonlocal_scaled = True
+    scaled = build_unet(cfg, in_channels=1)
+    assert scaled.nonlocal_block.query_scale == pytest.approx(1 / 8)  # 1/sqrt(C' = 64)
+    assert count_parameters(scaled) == 4_734_147
 
 
 @pytest.mark.parametrize(
@@ -330,6 +341,7 @@ def test_build_from_yaml():
         ({"norm_groups": 5}, "model.norm_groups"),
         ({"dropout": 1.5}, "model.dropout"),
         ({"dropout_position": "end"}, "model.dropout_position"),
+        ({"nonlocal_scaled": "yes"}, "model.nonlocal_scaled"),
         ({"widht": [8]}, "model.widht"),
         ({"discriminator": {"channels": 0}}, "model.discriminator.channels"),
         ({"discriminator": {"chanels": 8}}, "model.discriminator.chanels"),

@@ -47,7 +47,8 @@ def relation(q: Tensor, k: Tensor) -> Tensor:
 
     Eq. 6 prints ``softmax(e^{theta^T phi})``; the inner exponential is read as a typo for the
     embedded-Gaussian non-local block of Wang et al. (2018), ``exp(theta^T phi) / sum_j exp(...)``,
-    which *is* the softmax of the dot products. No ``1/sqrt(C')`` scaling (the paper has none).
+    which *is* the softmax of the dot products. No ``1/sqrt(C')`` scaling here (the paper has
+    none); with ``model.nonlocal_scaled=true`` the block's query already carries it.
 
     Args:
         q: query embeddings ``(B, C', N)`` (theta).

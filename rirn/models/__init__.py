@@ -42,6 +42,7 @@ UNET_KEYS: tuple[str, ...] = (
     "dropout_position",
     "nonlocal_scale",
     "nonlocal_channels",
+    "nonlocal_scaled",
 )
 _SEQUENCE_KEYS = ("widths", "blocks_down", "blocks_up")
 _DISCRIMINATOR_KEYS = ("channels",)

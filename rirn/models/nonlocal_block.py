@@ -7,6 +7,10 @@ computes
     y_i = sum_j softmax_j(theta_i . phi_j) g_j        (no 1/sqrt(C') scaling, as in Wang et al.)
     z   = x + Norm(W y)                               (W: 1x1x1 conv C' -> C)
 
+With ``scaled=True`` theta is multiplied by ``1/sqrt(C')`` (Transformer attention), an opt-in
+ablation against the saturation of the relation documented in docs/method.md; the returned
+``query`` carries the factor, so CAR's relation is the block's attention either way.
+
 ``Norm``'s scale starts at zero, so the block is the identity at initialisation and can be
 inserted into a network without disturbing it. The attention matrix
 ``A = softmax_j(theta_i . phi_j)`` (``N x N``) is RIRN's class-agnostic relation (Eq. 6); the
@@ -59,6 +63,7 @@ class NonLocalBlock(nn.Module):
             must be affine (have a ``weight``); its weight is set to zero so that the block
             starts as the identity. Default ``nn.BatchNorm3d`` as in Wang et al.; ``UNet3D``
             passes its own norm (GroupNorm by default).
+        scaled: multiply theta by ``1/sqrt(C')`` (default ``False``: unscaled, as the paper).
 
     Forward:
         ``x (B, C, *S)`` float -> ``(z, query, key)`` with ``z (B, C, *S)`` and
@@ -72,10 +77,12 @@ class NonLocalBlock(nn.Module):
         channels: int,
         embed_channels: int,
         norm: Callable[[int], nn.Module] = nn.BatchNorm3d,
+        scaled: bool = False,
     ) -> None:
         super().__init__()
         self.channels = channels
         self.embed_channels = embed_channels
+        self.query_scale = embed_channels**-0.5 if scaled else 1.0
         self.theta = nn.Conv3d(channels, embed_channels, kernel_size=1)
         self.phi = nn.Conv3d(channels, embed_channels, kernel_size=1)
         self.g = nn.Conv3d(channels, embed_channels, kernel_size=1)
@@ -92,6 +99,8 @@ class NonLocalBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         query = self.theta(x).flatten(2)
+        if self.query_scale != 1.0:
+            query = query * self.query_scale
         key = self.phi(x).flatten(2)
         value = self.g(x).flatten(2)
         y = embedded_gaussian_attention(query, key, value)

@@ -141,6 +141,7 @@ class UNet3D(nn.Module):
         nonlocal_scale: downsampling factor ``2^s`` of the encoder stage after which the
             non-local block sits (``1 <= 2^s <= 2^(depth-1)``), or ``None`` for no block.
         nonlocal_channels: ``C'`` of the non-local embeddings.
+        nonlocal_scaled: ``1/sqrt(C')`` on the attention logits (default off, as the paper).
 
     Forward:
         ``x (B, in_channels, *S)`` float, each of the three spatial sizes divisible by
@@ -165,6 +166,7 @@ class UNet3D(nn.Module):
         dropout_position: str = "after_init",
         nonlocal_scale: int | None = 8,
         nonlocal_channels: int = 64,
+        nonlocal_scaled: bool = False,
     ) -> None:
         super().__init__()
         widths, blocks_down, blocks_up = tuple(widths), tuple(blocks_down), tuple(blocks_up)
@@ -207,6 +209,8 @@ class UNet3D(nn.Module):
                 f"nonlocal_scale must be one of {scales} or null; got {nonlocal_scale!r}"
             )
         _check_positive_ints("nonlocal_channels", [nonlocal_channels])
+        if not isinstance(nonlocal_scaled, bool):
+            raise ValueError(f"nonlocal_scaled must be true or false; got {nonlocal_scaled!r}")
 
         self.in_channels, self.out_channels = in_channels, out_channels
         self.widths = widths
@@ -232,7 +236,9 @@ class UNet3D(nn.Module):
         self.nonlocal_block = (
             None
             if nonlocal_scale is None
-            else NonLocalBlock(widths[self.nonlocal_stage], nonlocal_channels, norm_fn)
+            else NonLocalBlock(
+                widths[self.nonlocal_stage], nonlocal_channels, norm_fn, nonlocal_scaled
+            )
         )
         self.bottleneck_dropout = spatial_dropout("bottleneck")
         # Execution order (as MONAI): decoder[i] takes scale 1/2^(depth-1-i) to 1/2^(depth-2-i).

@@ -1,0 +1,54 @@
+"""scripts/probe_relation.py: relation softness by hand-computable cases, and a real run."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from .conftest import REPO, compose_config
+
+_spec = importlib.util.spec_from_file_location(
+    "probe_relation", REPO / "scripts" / "probe_relation.py"
+)
+probe_relation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(probe_relation)
+
+
+def test_softness_uniform_and_one_hot():
+    n = 12
+    zeros = torch.zeros(1, 4, n)  # all logits 0: every row uniform
+    row_max, entropy = probe_relation.softness(zeros, zeros)
+    assert row_max == pytest.approx(1 / n) and entropy == pytest.approx(1.0)
+    eye = torch.eye(n)[None] * 100.0  # q_i . k_j = 1e4 [i == j]: one-hot rows
+    row_max, entropy = probe_relation.softness(eye, eye)
+    assert row_max == pytest.approx(1.0) and entropy == pytest.approx(0.0, abs=1e-6)
+    # Two logits per row at 0 and log(3): probabilities 1/4 and 3/4 over a 2-voxel map.
+    q = torch.tensor([[[1.0, 0.0]]])
+    k = torch.tensor([[[math.log(3.0), 0.0]]])
+    row_max, entropy = probe_relation.softness(q, k)
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) / math.log(2)
+    assert row_max == pytest.approx((0.75 + 0.5) / 2) and entropy == pytest.approx((h + 1) / 2)
+
+
+def test_probe_reads_a_trained_run(tmp_path, cache_root):
+    from rirn.train import run
+
+    cfg = compose_config(
+        "train",
+        [
+            "debug=smoke",
+            f"data.cache_root={cache_root}",
+            "trainer.max_epochs=1",
+            "trainer.progress=false",
+        ],
+    )
+    run(cfg, tmp_path)
+    values = probe_relation.probe(tmp_path, "last")
+    assert values["epoch"] == 1 and values["N"] == 4**3  # 32^3 smoke crop at 1/8
+    for who in ("teacher", "student"):
+        assert 1 / 64 <= values[f"{who} row max"] <= 1
+        assert 0 <= values[f"{who} entropy"] <= 1
+    assert 0 <= values["CAR"] <= 2 / 128 + 1e-6  # bounded by 2/C (C = 128 bottleneck channels)
