@@ -1,11 +1,17 @@
-"""Small networks, a synthetic batch and tiny-run overrides for trainer tests (CPU, seconds)."""
+"""Small networks, a synthetic batch, tiny-run overrides and a run helper for trainer tests."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
 from rirn.models import build_discriminator, build_unet
+from rirn.train import run
 from rirn.training.steps import StepNets
+
+from .conftest import compose_config
 
 SMALL_MODEL = [
     "model.widths=[8,16,16,16]",
@@ -55,3 +61,15 @@ def make_batch(seed=0, size=16) -> dict:
     et = torch.zeros_like(wt)
     et[..., 7:9, 7:9, 7:9] = 1
     return {"image": image, "target": torch.cat([wt, tc, et], 1)}
+
+
+def train_run(tmp_path: Path, overrides: list[str], name: str = "run") -> tuple[Path, dict]:
+    """``python -m rirn.train`` in-process into ``tmp_path / name``; (run dir, last history row)."""
+    run_dir = tmp_path / name
+    run_dir.mkdir(exist_ok=True)
+    return run_dir, run(compose_config("train", overrides), run_dir)
+
+
+def history(run_dir: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``, one per finished epoch."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

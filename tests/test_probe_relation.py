@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from .conftest import REPO, compose_config
+from .conftest import REPO
+from .step_fixtures import train_run
 
 _spec = importlib.util.spec_from_file_location(
     "probe_relation", REPO / "scripts" / "probe_relation.py"
@@ -34,19 +35,9 @@ def test_softness_uniform_and_one_hot():
 
 
 def test_probe_reads_a_trained_run(tmp_path, cache_root):
-    from rirn.train import run
-
-    cfg = compose_config(
-        "train",
-        [
-            "debug=smoke",
-            f"data.cache_root={cache_root}",
-            "trainer.max_epochs=1",
-            "trainer.progress=false",
-        ],
-    )
-    run(cfg, tmp_path)
-    values = probe_relation.probe(tmp_path, "last")
+    overrides = ["debug=smoke", f"data.cache_root={cache_root}", "trainer.max_epochs=1"]
+    run_dir, _ = train_run(tmp_path, [*overrides, "trainer.progress=false"])
+    values = probe_relation.probe(run_dir, "last")
     assert values["epoch"] == 1 and values["N"] == 4**3  # 32^3 smoke crop at 1/8
     for who in ("teacher", "student"):
         assert 1 / 64 <= values[f"{who} row max"] <= 1

@@ -6,34 +6,25 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from rirn.errors import ConfigError
 from rirn.models import build_unet
-from rirn.train import run
 from rirn.training.checkpoint import load_checkpoint
 from rirn.training.setup import check_config
 from rirn.training.steps import TERMS, compute_losses, train_step
 
 from .conftest import REPO, compose_config, run_cli
-from .step_fixtures import SMALL_MODEL, TINY_RUN, make_batch, make_nets
-
-
-def _train(tmp_path: Path, overrides: list[str], name="run") -> tuple[Path, dict]:
-    cfg = compose_config("train", overrides)
-    run_dir = tmp_path / name
-    run_dir.mkdir(exist_ok=True)
-    return run_dir, run(cfg, run_dir)
+from .step_fixtures import SMALL_MODEL, TINY_RUN, history, make_batch, make_nets, train_run
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, cache_root):
     tmp = tmp_path_factory.mktemp("smoke")
     overrides = ["debug=smoke", f"data.cache_root={cache_root}", "trainer.progress=false"]
-    return _train(tmp, overrides)
+    return train_run(tmp, overrides)
 
 
 def test_smoke_run_writes_outputs(smoke_run):
@@ -43,7 +34,7 @@ def test_smoke_run_writes_outputs(smoke_run):
     split = json.loads((run_dir / "split.json").read_text())
     assert len(split["train"]) == 4 and len(split["val"]) == 2  # 6 smoke cases, 2:1
     assert not set(split["train"]) & set(split["val"])
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = history(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"student/WT", "teacher/ET", "train/total", "lr"} <= set(rows[-1])
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
@@ -87,10 +78,10 @@ def test_resume_continues_epoch_count(smoke_run, tmp_path, cache_root):
         "resume=true",
         "trainer.max_epochs=3",
     ]
-    _, last = _train(tmp_path, overrides, name="resumed")
+    _, last = train_run(tmp_path, overrides, name="resumed")
     after = load_checkpoint(copy / "checkpoints" / "last.pt")
     assert after["epoch"] == 3 and last["epoch"] == 3
-    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    rows = history(copy)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     # Poly decay continues from the stored scheduler: lr of epoch 3 is base * (1 - 2/3)^0.9.
     base = rows[0]["lr"]  # epoch 1 runs at the base lr (CPU default 1e-3)
@@ -109,7 +100,7 @@ def test_frozen_teacher_is_unchanged(smoke_run, tmp_path, cache_root):
         "teacher.freeze=true",
         "trainer.max_epochs=1",
     ]
-    out_dir, _ = _train(tmp_path, overrides, name="frozen")
+    out_dir, _ = train_run(tmp_path, overrides, name="frozen")
     before = load_checkpoint(teacher_ckpt)["teacher"]
     after = load_checkpoint(out_dir / "checkpoints" / "last.pt")["teacher"]
     for key, value in before.items():
@@ -157,8 +148,8 @@ def test_same_seed_same_first_losses(tmp_path, cache_root):
         "trainer.progress=false",
         "trainer.max_epochs=1",
     ]
-    _, a = _train(tmp_path, overrides, name="a")
-    _, b = _train(tmp_path, overrides, name="b")
+    _, a = train_run(tmp_path, overrides, name="a")
+    _, b = train_run(tmp_path, overrides, name="b")
     assert a["train/total"] == b["train/total"]
     assert a["student/mean"] == b["student/mean"]
 
@@ -265,7 +256,7 @@ def test_non_finite_loss_names_term_and_step_and_keeps_checkpoint(
     monkeypatch.setattr(engine, "train_step", poisoned)
     overrides = ["debug=smoke", f"data.cache_root={cache_root}", "trainer.progress=false"]
     with pytest.raises(engine.NonFiniteLossError, match=r"non-finite car loss .* epoch 2, step 3"):
-        _train(tmp_path, overrides, name="nan")
+        train_run(tmp_path, overrides, name="nan")
     assert load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")["epoch"] == 1
 
 
@@ -298,7 +289,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, cache_root):
     assert 1 <= done < 4
     res = run_cli(["-m", "rirn.train", *args[3:], "resume=true"], cwd=REPO)
     assert res.returncode == 0, res.stderr[-2000:]
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = history(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
 
 
@@ -307,9 +298,9 @@ def test_resume_is_exact_with_persistent_workers(tmp_path, cache_root):
     also with persistent loader workers: crops are keyed on (seed, epoch, index) and the
     loader's seed draws leave the checkpointed torch RNG (dropout) alone."""
     common = [*TINY_RUN, f"data.cache_root={cache_root}", "data.num_workers=2"]
-    straight, _ = _train(tmp_path, common + ["trainer.max_epochs=2"], name="straight")
-    _train(tmp_path, common + ["trainer.max_epochs=1"], name="split")
-    resumed, _ = _train(tmp_path, common + ["trainer.max_epochs=2", "resume=true"], name="split")
+    straight, _ = train_run(tmp_path, common + ["trainer.max_epochs=2"], name="straight")
+    train_run(tmp_path, common + ["trainer.max_epochs=1"], name="split")
+    resumed, _ = train_run(tmp_path, common + ["trainer.max_epochs=2", "resume=true"], name="split")
     a = load_checkpoint(straight / "checkpoints" / "last.pt")
     b = load_checkpoint(resumed / "checkpoints" / "last.pt")
     for net in ("teacher", "student", "discriminator"):

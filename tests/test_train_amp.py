@@ -7,18 +7,16 @@ although it has no GPU. Expected values come from the fp32 eager path.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from rirn.train import run
 from rirn.training.checkpoint import load_checkpoint
 from rirn.training.steps import TERMS, train_step
 
 from .conftest import compose_config
-from .step_fixtures import SMALL_MODEL, TINY_RUN, make_batch, make_nets
+from .step_fixtures import SMALL_MODEL, TINY_RUN, history, make_batch, make_nets, train_run
 
 CPU = torch.device("cpu")
 
@@ -90,14 +88,7 @@ def test_low_precision_step_tracks_fp32(amp_dtype):
 
 
 def _train(tmp_path: Path, name: str, overrides: list[str]) -> Path:
-    run_dir = tmp_path / name
-    run_dir.mkdir(exist_ok=True)
-    run(compose_config("train", TINY_RUN + overrides), run_dir)
-    return run_dir
-
-
-def _history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return train_run(tmp_path, TINY_RUN + overrides, name)[0]
 
 
 def test_fp16_run_checkpoints_scaler_and_resumes_it_exactly(tmp_path, cache_root):
@@ -117,8 +108,8 @@ def test_fp16_run_checkpoints_scaler_and_resumes_it_exactly(tmp_path, cache_root
     for key, value in a["student"].items():
         assert torch.equal(value, b["student"][key]), key
     keep = ("epoch", "train/total", "student/mean", "lr")
-    rows_a = [{k: r[k] for k in keep} for r in _history(straight)]
-    rows_b = [{k: r[k] for k in keep} for r in _history(resumed)]
+    rows_a = [{k: r[k] for k in keep} for r in history(straight)]
+    rows_b = [{k: r[k] for k in keep} for r in history(resumed)]
     assert rows_a == rows_b
 
 
@@ -131,7 +122,7 @@ def test_compiled_channels_last_run_matches_eager_and_resumes(tmp_path, cache_ro
     fast = ["trainer.compile=true", "trainer.channels_last=true"]
     compiled = _train(tmp_path, "compiled", common + fast)
 
-    row_e, row_c = _history(eager)[0], _history(compiled)[0]
+    row_e, row_c = history(eager)[0], history(compiled)[0]
     for term in TERMS:
         assert row_c[f"train/{term}"] == pytest.approx(row_e[f"train/{term}"], rel=1e-3, abs=1e-5)
     ckpt_e = load_checkpoint(eager / "checkpoints" / "last.pt")
@@ -144,7 +135,7 @@ def test_compiled_channels_last_run_matches_eager_and_resumes(tmp_path, cache_ro
         "compiled",
         [f"data.cache_root={cache_root}", "trainer.max_epochs=2", "resume=true", *fast],
     )
-    assert [r["epoch"] for r in _history(compiled)] == [1, 2]
+    assert [r["epoch"] for r in history(compiled)] == [1, 2]
     assert load_checkpoint(compiled / "checkpoints" / "last.pt")["epoch"] == 2
 
 
@@ -164,4 +155,4 @@ def test_two_process_gloo_with_compile_and_channels_last(tmp_path, cache_root):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 1
-    assert len(_history(tmp_path)) == 1
+    assert len(history(tmp_path)) == 1
