@@ -32,6 +32,7 @@ from rirn.data.cache import CacheSource  # noqa: E402
 from rirn.data.dataset import EvalDataset  # noqa: E402
 from rirn.data.modalities import channel_indices  # noqa: E402
 from rirn.data.split import read_split  # noqa: E402
+from rirn.errors import RirnError  # noqa: E402
 from rirn.evaluation.runs import open_checkpoint, require_checkpoint  # noqa: E402
 from rirn.losses import car_loss, relation  # noqa: E402
 from rirn.training.data import default_cache_dir, synthetic_root  # noqa: E402
@@ -75,7 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefer", default="last", choices=["best", "last"])
     args = parser.parse_args(argv)
     for run in args.runs:
-        values = probe(run, args.prefer)
+        try:
+            values = probe(run, args.prefer)
+        except RirnError as exc:  # a bad run folder: one line, as rirn's own commands
+            sys.exit(f"error: {exc}")
         print(run, " | ".join(f"{k} {v:.4g}" for k, v in values.items()))
 
 

@@ -43,3 +43,8 @@ def test_probe_reads_a_trained_run(tmp_path, cache_root):
         assert 1 / 64 <= values[f"{who} row max"] <= 1
         assert 0 <= values[f"{who} entropy"] <= 1
     assert 0 <= values["CAR"] <= 2 / 128 + 1e-6  # bounded by 2/C (C = 128 bottleneck channels)
+
+
+def test_bad_run_folder_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: run_dir=.*missing.* does not exist"):
+        probe_relation.main([str(tmp_path / "missing")])
