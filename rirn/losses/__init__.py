@@ -4,6 +4,7 @@
 equation       function                                   module
 =============  =========================================  ================================
 Eq. 1          :func:`dice_loss`                          :mod:`rirn.losses.dice`
+Eq. 1 + BCE    :func:`dice_bce_loss` (``loss.seg``)        :mod:`rirn.losses.dice`
 Eq. 2-5        :func:`crr_loss` (``region_masks``,         :mod:`rirn.losses.crr`
                ``region_centres``, ``region_relation``)
 Eq. 6-7        :func:`relation`, :func:`car_loss`         :mod:`rirn.losses.car`
@@ -25,7 +26,15 @@ from rirn.losses.crr import (
     region_masks,
     region_relation,
 )
-from rirn.losses.dice import DEFAULT_DICE_EPS, DiceLoss, dice_loss
+from rirn.losses.dice import (
+    DEFAULT_DICE_EPS,
+    SEG_LOSSES,
+    DiceLoss,
+    bce_loss,
+    dice_bce_loss,
+    dice_loss,
+    segmentation_loss,
+)
 
 __all__ = [
     "AGGREGATIONS",
@@ -33,13 +42,17 @@ __all__ = [
     "DEFAULT_DICE_EPS",
     "CARLoss",
     "CRRLoss",
+    "SEG_LOSSES",
     "DiceLoss",
+    "bce_loss",
+    "dice_bce_loss",
     "adversarial_loss",
     "car_loss",
     "crr_loss",
     "dice_loss",
     "discriminator_loss",
     "region_centres",
+    "segmentation_loss",
     "region_masks",
     "region_relation",
     "relation",

@@ -1,4 +1,10 @@
-"""Soft Dice loss of the segmentation term (Eq. 1 of Su et al. 2024).
+"""Segmentation losses: soft Dice (Eq. 1 of Su et al. 2024) and Dice + binary cross-entropy.
+
+``loss.seg`` picks one for both networks (:func:`segmentation_loss`): ``dice`` is the paper's
+Eq. 1; ``dice_bce`` (rirn's default, docs/method.md) adds a per-region BCE on the logits, as
+nnU-Net's region-based training does (``DC_and_BCE_loss``). Sigmoid soft Dice alone has a poor
+local minimum on a small region (predicting it everywhere beats predicting nothing, and the
+gradient that would remove the false positives is weak); the BCE term supplies that gradient.
 
 Conventions:
 
@@ -13,9 +19,22 @@ Conventions:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_DICE_EPS", "DiceLoss", "dice_loss", "upcast"]
+__all__ = [
+    "DEFAULT_DICE_EPS",
+    "SEG_LOSSES",
+    "DiceLoss",
+    "bce_loss",
+    "dice_bce_loss",
+    "dice_loss",
+    "segmentation_loss",
+    "upcast",
+]
+
+#: Values of ``loss.seg``.
+SEG_LOSSES: tuple[str, ...] = ("dice", "dice_bce")
 
 #: Additive smoothing (in voxels) of numerator and denominator. One voxel is negligible for any
 #: real region (relative effect <= 1/|region|) but makes an empty ground-truth region behave:
@@ -30,7 +49,9 @@ def upcast(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def dice_loss(probs: Tensor, target: Tensor, eps: float = DEFAULT_DICE_EPS) -> Tensor:
+def dice_loss(
+    probs: Tensor, target: Tensor, eps: float = DEFAULT_DICE_EPS, batch: bool = False
+) -> Tensor:
     """Soft Dice loss per region, averaged over regions and batch (Eq. 1).
 
     For sample ``b`` and region ``r`` with ``p = probs[b, r]``, ``g = target[b, r]``::
@@ -40,11 +61,17 @@ def dice_loss(probs: Tensor, target: Tensor, eps: float = DEFAULT_DICE_EPS) -> T
     and the result is ``loss.mean()``. Eq. 1's ``L_SEG = L_full + L_incomplete`` is this function
     applied once to the teacher's and once to the student's probabilities.
 
+    With ``batch=True`` (nnU-Net's ``batch_dice``) the sums also run over the batch before the
+    ratio, ``loss[r] = 1 - (2 sum_b sum(p g) + eps) / (sum_b (sum(p) + sum(g)) + eps)``: a crop
+    without some region then adds only its false positives to that region's denominator instead
+    of counting as a whole sample of its own.
+
     Args:
         probs: region probabilities ``(B, R, *S)``, any floating dtype.
         target: region masks ``(B, R, *S)`` in ``{0, 1}``, any dtype.
         eps: additive smoothing, see :data:`DEFAULT_DICE_EPS`. ``eps = 0`` gives NaN for a
             region that is empty in both ``probs`` and ``target``.
+        batch: batch Dice (sums over the batch too).
 
     Returns:
         scalar tensor, float32 (float64 if ``probs`` is float64), in ``[0, 1]``.
@@ -57,9 +84,92 @@ def dice_loss(probs: Tensor, target: Tensor, eps: float = DEFAULT_DICE_EPS) -> T
     with torch.autocast(device_type=probs.device.type, enabled=False):
         p = upcast(probs).flatten(2)
         g = target.flatten(2).to(p.dtype)
+        if batch:
+            p, g = p.transpose(0, 1).flatten(1), g.transpose(0, 1).flatten(1)
         intersection = (p * g).sum(-1)
         denominator = p.sum(-1) + g.sum(-1)
         return (1.0 - (2.0 * intersection + eps) / (denominator + eps)).mean()
+
+
+def bce_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Binary cross-entropy of each region's sigmoid, on the logits, mean over every voxel,
+    region and sample: ``mean(-g log sigmoid(z) - (1 - g) log(1 - sigmoid(z)))``.
+
+    Args:
+        logits: ``(B, R, *S)`` pre-sigmoid outputs, any floating dtype (computed in >= fp32).
+        target: ``(B, R, *S)`` in ``{0, 1}``, any dtype.
+
+    Returns:
+        scalar tensor, float32 (float64 for float64 logits), >= 0.
+    """
+    if logits.shape != target.shape:
+        raise ValueError(
+            f"bce_loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} differ"
+        )
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        z = upcast(logits)
+        return F.binary_cross_entropy_with_logits(z, target.to(z.dtype))
+
+
+def dice_bce_loss(
+    logits: Tensor,
+    target: Tensor,
+    dice_weight: float = 1.0,
+    bce_weight: float = 1.0,
+    batch_dice: bool = False,
+    eps: float = DEFAULT_DICE_EPS,
+) -> Tensor:
+    """``dice_weight * dice_loss(sigmoid(logits)) + bce_weight * bce_loss(logits)``.
+
+    The compound loss of nnU-Net's region-based training (``DC_and_BCE_loss``, weights 1 and 1),
+    and MONAI's ``DiceCELoss(sigmoid=True)`` up to its smoothing constants.
+
+    Args:
+        logits: ``(B, R, *S)`` pre-sigmoid outputs.
+        target: ``(B, R, *S)`` in ``{0, 1}``.
+        dice_weight, bce_weight: weights of the two parts.
+        batch_dice: Dice over the batch (see :func:`dice_loss`).
+        eps: Dice smoothing.
+
+    Returns:
+        scalar tensor, float32 (float64 for float64 logits).
+    """
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        z = upcast(logits)
+        dice = dice_loss(torch.sigmoid(z), target, eps=eps, batch=batch_dice)
+        return dice_weight * dice + bce_weight * bce_loss(z, target)
+
+
+def segmentation_loss(logits: Tensor, target: Tensor, loss_cfg) -> Tensor:
+    """The segmentation term of either network, chosen by ``loss_cfg.seg`` (:data:`SEG_LOSSES`).
+
+    ``dice``: :func:`dice_loss` of the sigmoid (Eq. 1, paper); ``dice_bce``:
+    :func:`dice_bce_loss` with ``loss_cfg.seg_weight.{dice,bce}``. ``loss_cfg.batch_dice``
+    and ``loss_cfg.dice_eps`` (the smoothing, :data:`DEFAULT_DICE_EPS` by default) apply to
+    both. Missing keys take the paper's values (``dice``, per-sample Dice).
+
+    Args:
+        logits: ``(B, 3, *S)`` pre-sigmoid outputs.
+        target: ``(B, 3, *S)`` WT/TC/ET masks.
+        loss_cfg: the ``loss`` config group (any mapping with ``.get``).
+    """
+    kind = str(loss_cfg.get("seg", "dice"))
+    batch = bool(loss_cfg.get("batch_dice", False))
+    eps = float(loss_cfg.get("dice_eps", DEFAULT_DICE_EPS))
+    if kind == "dice":
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return dice_loss(torch.sigmoid(upcast(logits)), target, eps=eps, batch=batch)
+    if kind == "dice_bce":
+        weights = loss_cfg.get("seg_weight") or {}
+        return dice_bce_loss(
+            logits,
+            target,
+            dice_weight=float(weights.get("dice", 1.0)),
+            bce_weight=float(weights.get("bce", 1.0)),
+            batch_dice=batch,
+            eps=eps,
+        )
+    raise ValueError(f"loss.seg={kind!r} is not one of {', '.join(SEG_LOSSES)}")
 
 
 class DiceLoss(nn.Module):
