@@ -21,6 +21,7 @@ from rirn.data.dataset import (
     EvalDataset,
     TrainDataset,
     eval_collate,
+    foreground_voxels,
     uncrop_to_original,
 )
 from rirn.data.io import NiftiSource, read_case
@@ -260,6 +261,102 @@ def test_keyed_crops_are_a_function_of_seed_epoch_index():
         (0, 0),
         (0, 1),
     ]
+
+
+class TumourSource(MemorySource):
+    """A 40x40x40 volume whose only tumour is a 4x4x4 block (WT) with a 2x2x2 ET core, far
+    from the centre; ``m1`` has no tumour at all."""
+
+    def __init__(self):
+        super().__init__((40, 40, 40))
+        self.bits = np.zeros((40, 40, 40), dtype=np.uint8)
+        self.bits[30:34, 4:8, 30:34] = 0b001
+        self.bits[31:33, 5:7, 31:33] = 0b111
+
+    def load(self, case_id):
+        bits = self.bits if case_id == "m0" else np.zeros_like(self.bits)
+        return self.image, bits, {"case_id": case_id}
+
+
+def test_foreground_fraction_matches_fg_prob_and_centres_are_tumour():
+    source = TumourSource()
+    _, bits, _ = source.load("m0")
+
+    def draws(fg_prob, n=2000):
+        ds = TrainDataset(source, ["m0"], crop_size=(8, 8, 8), seed=7, fg_prob=fg_prob)
+        out = []
+        for epoch in range(n):
+            start, _, fg = ds.window("m0", bits, np.random.default_rng((7, epoch, 0)))
+            window = bits[tuple(slice(max(s, 0), s + 8) for s in start)]
+            out.append((fg, bool(window.any())))
+        return out
+
+    sampled = draws(0.4)
+    forced = [hit for fg, hit in sampled if fg]
+    # 2000 Bernoulli(0.4) draws: mean 800, std ~22; 5 std either way
+    assert abs(len(forced) - 800) < 110
+    assert all(forced)  # a forced window always holds tumour
+    # uniform windows see the 4^3 block in about (8+3)^3 / 33^3 ~ 4% of draws
+    uniform = [hit for fg, hit in draws(0.0) if not fg]
+    assert len(uniform) == 2000 and sum(uniform) < 0.1 * 2000
+
+
+def test_foreground_crops_stay_aligned_and_fall_back_without_tumour():
+    source = TumourSource()
+    ds = TrainDataset(source, ["m0", "m1"], crop_size=(8, 8, 8), flip_prob=0.5, seed=1, fg_prob=1)
+    for epoch in range(20):
+        item = ds[(epoch, 0)]
+        image, target = item["image"].numpy(), item["target"].numpy()
+        code = image[0].astype(np.int64)
+        x, y, z = (code - 1) // 10000, (code - 1) // 100 % 100, (code - 1) % 100
+        # the target is the source's label at each image voxel (crop and flips aligned)
+        assert np.array_equal(target[0], source.bits[x, y, z] & 1)
+        assert np.array_equal(target[2], source.bits[x, y, z] >> 2 & 1)
+        assert target[0].any()
+        # no tumour in m1: every window falls back to a uniform one, still full-size
+        empty = ds[(epoch, 1)]
+        assert empty["image"].shape == (4, 8, 8, 8) and not empty["target"].numpy().any()
+        no_tumour = np.zeros((40, 40, 40), np.uint8)
+        assert not ds.window("m1", no_tumour, np.random.default_rng(epoch))[2]
+
+
+def test_foreground_crops_are_the_same_with_any_number_of_workers():
+    source = TumourSource()
+
+    def crops(workers):
+        ds = TrainDataset(source, ["m0", "m1"] * 3, crop_size=(8, 8, 8), seed=5, fg_prob=0.5)
+        sampler = EpochKeySampler(DistributedSampler(ds, num_replicas=1, rank=0, seed=5))
+        loader = DataLoader(
+            ds, batch_size=2, sampler=sampler, num_workers=workers, persistent_workers=workers > 0
+        )
+        out = []
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            out += [b["image"][:, 0].flatten(1)[:, 0].tolist() for b in loader]
+        return out
+
+    assert crops(0) == crops(2)
+
+
+def test_fg_prob_zero_draws_the_crops_of_the_uniform_sampler():
+    source = MemorySource((20, 18, 16))
+    old = TrainDataset(source, ["m0"] * 2, crop_size=(6, 6, 6), seed=3)
+    new = TrainDataset(source, ["m0"] * 2, crop_size=(6, 6, 6), seed=3, fg_prob=0.0)
+    for key in [(0, 0), (4, 1)]:
+        assert torch.equal(old[key]["image"], new[key]["image"])
+    with pytest.raises(ValueError, match="fg_prob"):
+        TrainDataset(source, crop_size=(6, 6, 6), fg_prob=1.5)
+
+
+def test_foreground_voxels_subsample_is_bounded_and_deterministic():
+    bits = np.zeros((30, 30, 30), np.uint8)
+    bits[:20, :20, :20] = 1  # 8000 WT voxels
+    bits[:2, :2, :2] = 0b111
+    a = foreground_voxels(bits, max_per_region=1000)
+    b = foreground_voxels(bits, max_per_region=1000)
+    assert [len(c) for c in a] == [1000, 8, 8]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert (bits[tuple(a[0].T)] & 1).all() and (bits[tuple(a[2].T)] == 0b111).all()
 
 
 def test_eval_dataset_pastes_back_to_the_original(tmp_path, dataset):

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, Sampler
 
 from rirn.data.transforms import (
     center_crop_start,
+    centred_crop_start,
     crop_pad,
     random_crop_start,
     random_flip_axes,
@@ -28,12 +29,38 @@ __all__ = [
     "EpochKeySampler",
     "EvalDataset",
     "TrainDataset",
+    "foreground_voxels",
     "eval_collate",
     "uncrop_to_original",
 ]
 
 #: Training crop of the paper / ACN, voxels (X, Y, Z).
 DEFAULT_CROP: tuple[int, int, int] = (160, 192, 128)
+
+#: Tumour voxels kept per region and case as foreground crop centres (nnU-Net keeps 10,000 per
+#: class): a fixed subsample, so the memory per case is bounded whatever the tumour size.
+FOREGROUND_SAMPLES: int = 10_000
+
+
+def foreground_voxels(bits: np.ndarray, max_per_region: int = FOREGROUND_SAMPLES) -> list:
+    """Coordinates of each region's voxels (WT, TC, ET), at most ``max_per_region`` each.
+
+    Args:
+        bits: region-bit map ``(*S)`` uint8 (:mod:`rirn.labels`).
+        max_per_region: subsample size; the subsample is a pure function of ``bits``.
+
+    Returns:
+        one int32 array ``(n_r, 3)`` per region, ``n_r = 0`` for a region the case lacks.
+    """
+    bits = np.asarray(bits)
+    rng = np.random.default_rng(0)
+    out = []
+    for r in range(3):
+        coords = np.argwhere((bits >> r) & 1).astype(np.int32)
+        if len(coords) > max_per_region:
+            coords = coords[np.sort(rng.choice(len(coords), max_per_region, replace=False))]
+        out.append(coords)
+    return out
 
 
 class CaseSource(Protocol):
@@ -67,6 +94,14 @@ class TrainDataset(Dataset):
     smaller), flipped along each spatial axis with probability ``flip_prob``; image and target
     get the same crop and flips. Only the window is read from a memory-mapped source.
 
+    Foreground oversampling (nnU-Net's ``oversample_foreground_percent``): with probability
+    ``fg_prob`` the window is centred on a tumour voxel instead of placed uniformly. As in
+    nnU-Net the region (WT, TC or ET) is drawn first, uniformly among those the case has, then
+    one of its voxels, so the small ET and TC are seen as often as the oedema; a case without
+    tumour falls back to a uniform window. The window is then shifted to lie inside the volume
+    (:func:`~rirn.data.transforms.centred_crop_start`), so the chosen voxel is in it but not
+    always at its centre.
+
     Items are addressed two ways:
 
     * ``ds[(epoch, index)]`` (what :class:`EpochKeySampler` yields, the trainer's path): the crop
@@ -83,6 +118,7 @@ class TrainDataset(Dataset):
         crop_size: ``(X, Y, Z)`` window.
         flip_prob: probability of flipping along each axis.
         seed: base seed of the ``(epoch, index)`` keyed crops.
+        fg_prob: probability of a tumour-centred window (0: uniform windows only, the paper).
 
     Returns (per item):
         ``{"image": float32 (4, *crop_size), "target": uint8 (3, *crop_size) WT/TC/ET masks in
@@ -98,14 +134,19 @@ class TrainDataset(Dataset):
         crop_size: Sequence[int] = DEFAULT_CROP,
         flip_prob: float = 0.5,
         seed: int = 0,
+        fg_prob: float = 0.0,
     ):
         self.source = source
         self.case_ids = _check_ids(source, case_ids)
         self.crop_size = tuple(int(s) for s in crop_size)
         self.flip_prob = float(flip_prob)
         self.seed = int(seed)
+        self.fg_prob = float(fg_prob)
+        if not 0.0 <= self.fg_prob <= 1.0:
+            raise ValueError(f"fg_prob={fg_prob} must be in [0, 1]")
         self._seed: int | None = None
         self._gen: np.random.Generator | None = None
+        self._foreground: dict[str, list] = {}  # case -> foreground_voxels, filled on first use
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -117,18 +158,40 @@ class TrainDataset(Dataset):
             self._seed, self._gen = seed, np.random.default_rng(seed)
         return self._gen
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+    def _rng(self, key: int | tuple[int, int]) -> tuple[int, np.random.Generator]:
         if isinstance(key, tuple):
             epoch, index = (int(k) for k in key)
-            rng = np.random.default_rng((self.seed, epoch, index))
+            return index, np.random.default_rng((self.seed, epoch, index))
+        return int(key), self.rng()
+
+    def window(
+        self, case_id: str, bits: np.ndarray, rng: np.random.Generator
+    ) -> tuple[tuple[int, ...], tuple[int, ...], bool]:
+        """Draw one training window of ``case_id``: ``(start, flip_axes, foreground)``, where
+        ``foreground`` says the window was centred on a tumour voxel. Draws nothing extra
+        from ``rng`` when ``fg_prob`` is 0, so such crops match those of earlier versions."""
+        shape = tuple(bits.shape)
+        centre = None
+        if self.fg_prob > 0 and rng.random() < self.fg_prob:
+            if case_id not in self._foreground:
+                self._foreground[case_id] = foreground_voxels(bits)
+            present = [c for c in self._foreground[case_id] if len(c)]
+            if present:
+                coords = present[int(rng.integers(len(present)))]
+                centre = coords[int(rng.integers(len(coords)))]
+        if centre is None:
+            start = random_crop_start(shape, self.crop_size, rng)
         else:
-            index, rng = int(key), self.rng()
+            start = centred_crop_start(shape, self.crop_size, centre)
+        return start, random_flip_axes(rng, self.flip_prob), centre is not None
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, rng = self._rng(key)
         case_id = self.case_ids[index]
         image, bits, _ = self.source.load(case_id)
         if bits is None:
             raise DataError(f"case {case_id}: no segmentation; training needs labelled cases")
-        start = random_crop_start(image.shape[1:], self.crop_size, rng)
-        axes = random_flip_axes(rng, self.flip_prob)
+        start, axes, _ = self.window(case_id, bits, rng)
         crop = crop_pad(image, start, self.crop_size, flip_axes=axes)
         target = crop_pad(bits, start, self.crop_size, flip_axes=axes)
         return {

@@ -137,6 +137,19 @@ def random_crop_start(
     )
 
 
+def centred_crop_start(
+    shape: Sequence[int], size: Sequence[int], centre: Sequence[int]
+) -> tuple[int, ...]:
+    """Start of the window of ``size`` centred on voxel ``centre``, shifted (per axis) to lie
+    inside the volume where the volume is large enough, into the same range of starts as
+    :func:`random_crop_start` otherwise. The centre voxel is inside the window in both cases.
+    """
+    return tuple(
+        int(min(max(c - n // 2, min(0, d - n)), max(0, d - n)))
+        for d, n, c in zip(shape, size, centre, strict=True)
+    )
+
+
 def center_crop_start(shape: Sequence[int], size: Sequence[int]) -> tuple[int, ...]:
     """Start of the centred window (negative where the volume is smaller: centred padding).
 
