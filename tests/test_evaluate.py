@@ -379,3 +379,20 @@ def test_find_runs_nested_and_missing(tmp_path):
     assert [(r.name, r.checkpoint is not None) for r in runs] == [("a", True), ("group/b", False)]
     with pytest.raises(DataError, match="no run folder"):
         find_runs(tmp_path / "eval")
+
+
+def test_trainer_validation_dice_is_what_evaluate_reports(smoke_run, tmp_path):
+    """The per-epoch validation that picks best.pt scores exactly as ``python -m rirn.evaluate``
+    does at its defaults (same cases, same sliding window, same thresholds and Dice rules)."""
+    rows = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "student/mean" in r]
+    best = max(val, key=lambda r: r["student/mean"])  # the epoch best.pt holds
+    out = _evaluate([f"run_dir={smoke_run}", f"output_dir={tmp_path}"])
+    per_case = _csv(out / "per_case.csv")
+    for model in ("student", "teacher"):
+        for region in REGIONS:
+            scores = [
+                float(r["dice"]) for r in per_case if (r["model"], r["region"]) == (model, region)
+            ]
+            assert len(scores) == len(_val_ids(smoke_run))
+            assert float(np.mean(scores)) == pytest.approx(best[f"{model}/{region}"], abs=1e-6)
