@@ -135,12 +135,12 @@ def test_clock_and_summary():
 
 
 def test_agreement_flags_only_checked_terms():
-    ref = {"dice_s": 1.0, "crr": 0.5, "adv": 0.0}
+    ref = {"seg_s": 1.0, "crr": 0.5, "adv": 0.0}
     out = agreement(
-        {"dice_s": 1.04, "crr": 0.9, "adv": 0.0}, ref, rtol=0.05, atol=0.0, checked=["dice_s"]
+        {"seg_s": 1.04, "crr": 0.9, "adv": 0.0}, ref, rtol=0.05, atol=0.0, checked=["seg_s"]
     )
     assert out["ok"] and not out["terms"]["crr"]["ok"] and out["terms"]["adv"]["rel_diff"] == 0.0
-    assert not agreement({"dice_s": 1.2, "crr": 0.5, "adv": 0.0}, ref, 0.05, 0.0, ["dice_s"])["ok"]
+    assert not agreement({"seg_s": 1.2, "crr": 0.5, "adv": 0.0}, ref, 0.05, 0.0, ["seg_s"])["ok"]
 
 
 def test_batch_has_every_region():
@@ -164,7 +164,7 @@ def test_bf16_step_agrees_with_fp32_reference_on_cpu():
     assert set(ref["first_step_losses"]) == set(TERMS) and bf16["losses_finite"]
     assert all(v > 0 for k, v in ref["first_step_losses"].items() if k != "total")  # full RIRN
     out = agreement(
-        bf16["first_step_losses"], ref["first_step_losses"], 0.05, 1e-3, ["dice_t", "dice_s"]
+        bf16["first_step_losses"], ref["first_step_losses"], 0.05, 1e-3, ["seg_t", "seg_s"]
     )
     assert out["ok"], out
     # The other terms are not required to agree, but at this size they do closely.
@@ -191,7 +191,7 @@ def test_failing_variant_is_reported_and_the_rest_continue(monkeypatch):
     monkeypatch.setattr(step_mod, "initial_state", lambda *a: {"fake": {}})
     cfg = _cfg(["device=cpu", *TINY_MODEL])
     setup = StepSetup(cfg.model, cfg.loss, cfg.optim, [2], CPU, (16, 16, 16), steps=1, warmup=1)
-    out = step_section(setup, ["bf16", "fp32", "fp32+compile"], True, 0.05, 1e-3, ["dice_s"])
+    out = step_section(setup, ["bf16", "fp32", "fp32+compile"], True, 0.05, 1e-3, ["seg_s"])
     assert (
         out["variants"]["bf16"]["status"] == "failed" and "boom" in out["variants"]["bf16"]["error"]
     )

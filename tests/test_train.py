@@ -108,6 +108,27 @@ def test_frozen_teacher_is_unchanged(smoke_run, tmp_path, cache_root):
     student_before = load_checkpoint(teacher_ckpt)["student"]
     student_after = load_checkpoint(out_dir / "checkpoints" / "last.pt")["student"]
     assert any(not torch.equal(student_before[k], student_after[k]) for k in student_before)
+    # the student took the teacher's split, and its own checkpoint records it
+    teacher_split = load_checkpoint(teacher_ckpt)["split"]
+    assert json.loads((out_dir / "split.json").read_text())["val"] == teacher_split["val"]
+    assert (
+        load_checkpoint(out_dir / "checkpoints" / "last.pt")["split"]["val"]
+        == (teacher_split["val"])
+    )
+
+    # a split whose validation cases the teacher trained on is refused, unless allowed
+    swapped = tmp_path / "swapped.json"
+    swapped.write_text(
+        json.dumps({"train": teacher_split["val"], "val": teacher_split["train"], "seed": 0})
+    )
+    leak = "was trained on 4 of .*teacher.allow_split_mismatch=true"
+    with pytest.raises(ConfigError, match=leak):
+        train_run(tmp_path, [*overrides, f"data.split_file={swapped}"], name="leak")
+    train_run(
+        tmp_path,
+        [*overrides, f"data.split_file={swapped}", "teacher.allow_split_mismatch=true"],
+        name="allowed",
+    )
 
 
 @pytest.mark.parametrize(
@@ -141,6 +162,43 @@ def test_distillation_terms_send_no_gradient_to_teacher():
     assert any(p.grad is not None and p.grad.any() for p in nets.student.parameters())
 
 
+def test_frozen_teacher_step_matches_and_builds_no_teacher_graph():
+    """A frozen teacher gives the student the same losses as a trainable one (same weights), but
+    runs without autograd: none of its outputs is part of a graph."""
+    cfg = compose_config("train", SMALL_MODEL)
+    batch = make_batch()
+    trainable = make_nets(cfg)
+    frozen = make_nets(cfg, teacher_trainable=False)
+    frozen.teacher.requires_grad_(False)
+    seen = []
+    frozen.teacher.register_forward_hook(lambda m, i, out: seen.append(out))
+    torch.manual_seed(1)  # the same dropout draws in both
+    ref, _, _ = compute_losses(trainable, batch["image"], batch["target"], [2], cfg.loss)
+    torch.manual_seed(1)
+    got, probs_t, _ = compute_losses(frozen, batch["image"], batch["target"], [2], cfg.loss)
+    for k in ("seg_s", "crr", "car", "adv"):
+        assert got[k].item() == pytest.approx(ref[k].item(), rel=1e-6)
+    assert got["seg_t"].item() == 0.0 and ref["seg_t"].item() > 0
+    assert len(seen) == 1 and seen[0].logits.grad_fn is None and probs_t.grad_fn is None
+    assert seen[0].features.grad_fn is None and seen[0].query.grad_fn is None
+
+
+def test_baseline_step_with_a_frozen_teacher_never_calls_it():
+    cfg = compose_config("train", SMALL_MODEL + ["loss=baseline"])
+    nets = make_nets(cfg, teacher_trainable=False)
+    nets.teacher.register_forward_pre_hook(lambda *a: pytest.fail("the teacher was called"))
+    batch = make_batch()
+    losses = train_step(nets, batch, [2], cfg.loss, torch.device("cpu"), None)
+    terms = dict(zip(TERMS, losses.tolist(), strict=True))
+    assert terms["seg_t"] == 0.0 and terms["total"] == pytest.approx(terms["seg_s"])
+    # with a co-trained teacher the same config does run it (its own segmentation loss)
+    cotrained = make_nets(cfg)
+    calls = []
+    cotrained.teacher.register_forward_pre_hook(lambda *a: calls.append(1))
+    train_step(cotrained, batch, [2], cfg.loss, torch.device("cpu"), None)
+    assert calls == [1]
+
+
 def test_same_seed_same_first_losses(tmp_path, cache_root):
     overrides = [
         "debug=smoke",
@@ -165,6 +223,9 @@ def test_same_seed_same_first_losses(tmp_path, cache_root):
         ("teacher.freeze=true", "needs teacher.checkpoint"),
         ("loss.aggregation=median", "loss.aggregation"),
         ("trainer.precision=8", "trainer.precision"),
+        ("loss.seg=focal", "loss.seg='focal'"),
+        ("loss.seg_weight.bce=-1", "loss.seg_weight.bce"),
+        ("data.fg_prob=1.5", "data.fg_prob"),
     ],
 )
 def test_bad_config_fails_with_message(override, message, tmp_path):
@@ -307,3 +368,24 @@ def test_resume_is_exact_with_persistent_workers(tmp_path, cache_root):
         for key, value in a[net].items():
             assert torch.equal(value, b[net][key]), (net, key)
     assert [r["train/total"] for r in a["history"]] == [r["train/total"] for r in b["history"]]
+
+
+def test_distill_scale_start_and_ramp():
+    from rirn.training.steps import distill_scale
+
+    assert [distill_scale(e, 0) for e in range(3)] == [1.0, 1.0, 1.0]  # the paper
+    assert [distill_scale(e, 4) for e in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert [distill_scale(e, 0, start_epoch=2) for e in range(4)] == [0.0, 0.0, 1.0, 1.0]
+    assert [distill_scale(e, 2, start_epoch=2) for e in range(6)] == [0, 0, 0, 0.5, 1, 1]
+
+
+def test_before_the_start_epoch_no_distillation_term_is_computed():
+    cfg = compose_config("train", SMALL_MODEL)
+    nets = make_nets(cfg)
+    batch = make_batch()
+    terms, probs_t, _ = compute_losses(
+        nets, batch["image"], batch["target"], [2], cfg.loss, distill_scale=0.0
+    )
+    assert terms["crr"].item() == terms["car"].item() == terms["adv"].item() == 0.0
+    assert terms["total"].item() == pytest.approx(terms["seg_t"].item() + terms["seg_s"].item())
+    assert probs_t is not None  # the discriminator still trains on the teacher's maps

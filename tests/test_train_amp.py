@@ -82,7 +82,7 @@ def test_low_precision_step_tracks_fp32(amp_dtype):
     hook.remove()
     assert seen == [amp_dtype]
     assert torch.isfinite(low).all()
-    for term in ("dice_t", "dice_s", "crr", "adv"):
+    for term in ("seg_t", "seg_s", "crr", "adv"):
         i = TERMS.index(term)
         assert low[i].item() == pytest.approx(ref[i].item(), rel=0.05, abs=2e-3), term
 

@@ -13,9 +13,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from rirn.data.cache import CacheSource, ensure_cache
 from rirn.data.dataset import EpochKeySampler, EvalDataset, TrainDataset
-from rirn.data.split import make_split, read_split, write_split
+from rirn.data.split import make_split, read_split, validate_split, write_split
 from rirn.data.synthetic import GENERATOR_VERSION, ensure_synthetic
 from rirn.training.distributed import DistInfo, barrier
+from rirn.training.setup import check_teacher_split, teacher_split
 
 log = logging.getLogger("rirn.train")
 
@@ -81,16 +82,24 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
     barrier(dist)
     source = CacheSource(cache_dir)
     split_path = run_dir / "split.json"
+    teacher_ckpt = cfg.teacher.checkpoint
+    from_teacher = teacher_split(teacher_ckpt) if teacher_ckpt else None
     if cfg.resume and split_path.is_file():
         split = read_split(split_path, source.case_ids)  # a resumed run keeps its own split
     elif data_cfg.split_file:
         split = read_split(Path(str(data_cfg.split_file)).expanduser(), source.case_ids)
+    elif from_teacher is not None:
+        # A student of a trained teacher validates on cases that teacher never saw.
+        split = validate_split(from_teacher, source.case_ids, where=f"split of {teacher_ckpt}")
     else:
         split = make_split(
             source.case_ids,
             seed=int(data_cfg.split_seed),
             val_fraction=float(data_cfg.val_fraction),
         )
+    check_teacher_split(
+        teacher_ckpt, from_teacher, split, bool(cfg.teacher.get("allow_split_mismatch", False))
+    )
     if dist.is_main:
         write_split(split_path, split)
     if dist.is_main:
@@ -100,7 +109,12 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
         )
     seed = int(cfg.seed)
     train_ds = TrainDataset(
-        source, split["train"], settings.crop_size, float(data_cfg.flip_prob), seed=seed
+        source,
+        split["train"],
+        settings.crop_size,
+        float(data_cfg.flip_prob),
+        seed=seed,
+        fg_prob=float(data_cfg.get("fg_prob", 0.0)),
     )
     # Order from (seed, epoch) and crops from (seed, epoch, index): a resumed run trains on
     # exactly the batches the interrupted one would have, whatever the number of workers.

@@ -113,6 +113,7 @@ class CoTrainer:
             "rng": rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "modalities": list(self.settings.modalities),
+            "split": self.data.split,  # so a student of this teacher can avoid its train cases
             "release": self.data.release,
             "scheme": self.data.scheme,
             "best_metric": self.best_metric,
@@ -165,7 +166,8 @@ class CoTrainer:
             for sched in self.schedulers:
                 sched.step()
             val = self.validate() if self._val_due() else None
-            row = {"epoch": self.epoch, "lr": lr, **{f"train/{k}": v for k, v in train.items()}}
+            row = {"epoch": self.epoch, "step": self.global_step, "lr": lr}
+            row.update({f"train/{k}": v for k, v in train.items()})
             row.update(val or {})
             row["seconds"] = round(time.time() - t0, 2)
             self.history.append(row)
@@ -175,7 +177,17 @@ class CoTrainer:
                 self.save("best.pt")
             self.save("last.pt")
             if self.dist.is_main:
-                log.info(summary_line(self.epoch, self.max_epochs, train, val, lr, row["seconds"]))
+                log.info(
+                    summary_line(
+                        self.epoch,
+                        self.max_epochs,
+                        train,
+                        val,
+                        lr,
+                        row["seconds"],
+                        self.val_settings().describe(),
+                    )
+                )
             barrier(self.dist)
         self.logger.close()
         return self.history[-1] if self.history else {}
@@ -200,7 +212,10 @@ class CoTrainer:
         )
         pending, total, count = [], None, 0
         every = max(1, int(self.cfg.trainer.log_every_n_steps))
-        scale = distill_scale(self.epoch, int(self.cfg.loss.get("rampup_epochs", 0)))
+        loss_cfg = self.cfg.loss
+        scale = distill_scale(
+            self.epoch, int(loss_cfg.get("rampup_epochs", 0)), int(loss_cfg.get("start_epoch", 0))
+        )
         for batch in bar:
             pending.append(
                 train_step(
@@ -243,14 +258,28 @@ class CoTrainer:
         return total, count + len(values)
 
     # ---------------------------------------------------------------- validation
+    def val_settings(self):
+        """How validation predicts a case: ``python -m rirn.evaluate``'s defaults (Gaussian
+        sliding window of the training crop over the brain box, overlap 0.5, threshold 0.5),
+        so the Dice that picks ``best.pt`` is the Dice the evaluation then reports;
+        ``trainer.val_inference=center_crop`` scores the paper's single centre window."""
+        from rirn.evaluation.infer import InferenceSettings
+
+        return InferenceSettings(
+            mode=str(self.cfg.trainer.val_inference),
+            roi_size=self.settings.crop_size,
+            amp_dtype=self.settings.amp_dtype,
+        )
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Dice WT/TC/ET of student and teacher on this rank's share of the validation cases;
         results of all ranks are gathered so each case counts exactly once."""
-        from rirn.inference import center_crop_inference, probs_to_regions, sliding_window_inference
+        from rirn.evaluation.infer import predict_probs
+        from rirn.inference import probs_to_regions
 
         teacher, student = unwrap(self.nets.teacher).eval(), unwrap(self.nets.student).eval()
-        crop = self.settings.crop_size
+        settings = self.val_settings()
         rows, picture = [], None
         for item in self.data.val_items():
             image = torch.as_tensor(np.asarray(item["image"]))[None].to(self.device)
@@ -260,13 +289,8 @@ class CoTrainer:
                 ("teacher", teacher, image),
                 ("student", student, image[:, self.student_channels]),
             ):
-                if self.cfg.trainer.val_inference == "sliding_window":
-                    probs = sliding_window_inference(
-                        net, x, crop, overlap=0.5, amp_dtype=self.settings.amp_dtype
-                    )
-                else:
-                    probs = center_crop_inference(net, x, crop, amp_dtype=self.settings.amp_dtype)
-                preds[who] = probs_to_regions(probs[0].float().cpu().numpy())
+                probs = predict_probs(net, x, settings)
+                preds[who] = probs_to_regions(probs.float().cpu().numpy(), settings.threshold)
             rows.append(
                 {
                     f"{who}/{r}": dice(preds[who][i], target[i])

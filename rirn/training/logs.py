@@ -65,13 +65,23 @@ def validation_picture(
 
 
 def summary_line(
-    epoch: int, max_epochs: int, train: dict, val: dict | None, lr: float, secs: float
+    epoch: int,
+    max_epochs: int,
+    train: dict,
+    val: dict | None,
+    lr: float,
+    secs: float,
+    scoring: str = "",
 ) -> str:
+    """One log line per epoch; ``scoring`` says how validation predicted (e.g. "sliding window
+    32x32x32, overlap 0.5, Gaussian weights, threshold 0.5")."""
     parts = [f"epoch {epoch}/{max_epochs}", f"loss {train['total']:.4f}"]
-    parts += [f"{k} {train[k]:.4f}" for k in ("dice_s", "crr", "car", "adv") if train.get(k)]
+    parts += [f"{k} {train[k]:.4f}" for k in ("seg_s", "crr", "car", "adv") if train.get(k)]
     if val:
         for who in ("student", "teacher"):
             dices = "/".join(f"{val[f'{who}/{r}']:.3f}" for r in REGIONS)
             parts.append(f"val {who} WT/TC/ET {dices}")
+        if scoring:
+            parts.append(f"val by {scoring}")
     parts += [f"lr {lr:.2e}", f"{secs:.0f}s"]
     return " | ".join(parts)

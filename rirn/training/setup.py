@@ -86,6 +86,16 @@ def check_data_root(data_cfg) -> Path | None:
 
 
 def check_loss(loss_cfg) -> None:
+    from rirn.losses import SEG_LOSSES
+
+    seg = str(loss_cfg.get("seg", "dice"))
+    if seg not in SEG_LOSSES:
+        raise ConfigError(f"loss.seg={seg!r} is not one of {', '.join(SEG_LOSSES)}")
+    if float(loss_cfg.get("dice_eps", 1.0)) <= 0:
+        raise ConfigError(f"loss.dice_eps={loss_cfg.dice_eps} must be > 0 (0 gives NaN)")
+    for key, value in (loss_cfg.get("seg_weight") or {}).items():
+        if float(value) < 0:
+            raise ConfigError(f"loss.seg_weight.{key}={value} must be >= 0")
     if loss_cfg.aggregation not in AGGREGATIONS:
         raise ConfigError(
             f"loss.aggregation={loss_cfg.aggregation!r} is not one of {', '.join(AGGREGATIONS)}"
@@ -121,6 +131,31 @@ def teacher_state_dict(path: str | Path) -> dict:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(f"teacher.checkpoint={path} holds no teacher state dict")
     return obj
+
+
+def teacher_split(path: str | Path) -> dict | None:
+    """The train/val split recorded in a rirn checkpoint (``None``: a bare state dict, or a
+    checkpoint from before splits were recorded)."""
+    obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
+    split = obj.get("split") if isinstance(obj, dict) else None
+    return split if isinstance(split, dict) else None
+
+
+def check_teacher_split(path, teacher: dict | None, split: dict, allow: bool) -> None:
+    """Refuse a loaded teacher that trained on any of this run's validation cases.
+
+    Raises:
+        ConfigError: one line naming the overlap and the override that allows it.
+    """
+    if teacher is None or allow:
+        return
+    seen = sorted(set(teacher["train"]) & set(split["val"]))
+    if seen:
+        raise ConfigError(
+            f"teacher.checkpoint={path} was trained on {len(seen)} of this run's validation "
+            f"cases ({', '.join(seen[:3])}{', ...' if len(seen) > 3 else ''}); use its split "
+            "(leave data.split_file unset) or set teacher.allow_split_mismatch=true"
+        )
 
 
 def load_teacher_weights(model: torch.nn.Module, path: str | Path) -> None:
@@ -160,6 +195,8 @@ def check_config(cfg: DictConfig, run_dir: Path) -> RunSettings:
             f"trainer.val_inference={cfg.trainer.val_inference!r} is not one of "
             f"{', '.join(VAL_INFERENCE)}"
         )
+    if not 0.0 <= float(cfg.data.get("fg_prob", 0.0)) <= 1.0:
+        raise ConfigError(f"data.fg_prob={cfg.data.fg_prob} must be in [0, 1]")
     if int(cfg.trainer.max_epochs) < 1:
         raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs} must be >= 1")
     if cfg.data.split_file and not Path(str(cfg.data.split_file)).expanduser().is_file():

@@ -13,10 +13,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rirn.losses import adversarial_loss, car_loss, crr_loss, dice_loss, discriminator_loss
+from rirn.losses import (
+    adversarial_loss,
+    car_loss,
+    crr_loss,
+    discriminator_loss,
+    segmentation_loss,
+)
 
 #: Loss terms in the order they are logged; ``total`` is the student+teacher objective.
-TERMS: tuple[str, ...] = ("total", "dice_t", "dice_s", "crr", "car", "adv", "disc")
+#: ``seg_t``/``seg_s``: the segmentation loss (``loss.seg``) of teacher and student.
+TERMS: tuple[str, ...] = ("total", "seg_t", "seg_s", "crr", "car", "adv", "disc")
 
 
 @dataclass
@@ -65,24 +72,33 @@ def compute_losses(
 
     Returns:
         ``(terms, probs_t, probs_s)``: scalar loss tensors keyed by :data:`TERMS` (``disc`` is
-        added by :func:`train_step`); the sigmoid outputs ``(B, 3, *S)``.
+        added by :func:`train_step`); the sigmoid outputs ``(B, 3, *S)`` (``probs_t`` is
+        ``None`` when the teacher was not run: frozen and read by no term).
     """
-    teacher_ctx = contextlib.nullcontext() if nets.teacher_trainable else torch.no_grad()
-    with teacher_ctx:
-        out_t = nets.teacher(image)
     out_s = nets.student(select_channels(image, student_channels))
-    probs_t = torch.sigmoid(out_t.logits.float())
     probs_s = torch.sigmoid(out_s.logits.float())
     zero = probs_s.new_zeros(())
     w = loss_cfg.weight
     terms = {
-        "dice_t": dice_loss(probs_t, target) if nets.teacher_trainable else zero,
-        "dice_s": dice_loss(probs_s, target),
+        "seg_t": zero,
+        "seg_s": segmentation_loss(out_s.logits, target, loss_cfg),
         "crr": zero,
         "car": zero,
         "adv": zero,
     }
-    if loss_cfg.crr:
+    if not (nets.teacher_trainable or uses_teacher(loss_cfg)):
+        # A frozen teacher that no term reads: the baseline of a two-stage benchmark.
+        terms["total"] = w.seg * terms["seg_s"]
+        return terms, None, probs_s
+    # A frozen teacher is a constant target: no autograd graph for it.
+    teacher_ctx = contextlib.nullcontext() if nets.teacher_trainable else torch.no_grad()
+    with teacher_ctx:
+        out_t = nets.teacher(image)
+    probs_t = torch.sigmoid(out_t.logits.float())
+    if nets.teacher_trainable:
+        terms["seg_t"] = segmentation_loss(out_t.logits, target, loss_cfg)
+    distil = distill_scale > 0  # before the start epoch the terms are not even computed
+    if loss_cfg.crr and distil:
         terms["crr"] = crr_loss(
             out_t.features,
             out_s.features,
@@ -92,7 +108,7 @@ def compute_losses(
             aggregation=str(loss_cfg.aggregation),
             filter=bool(loss_cfg.mf),
         )
-    if loss_cfg.car:
+    if loss_cfg.car and distil:
         terms["car"] = car_loss(
             out_t.query,
             out_t.key,
@@ -101,15 +117,20 @@ def compute_losses(
             channels=nets.car_channels,
             chunk_size=int(loss_cfg.car_chunk_size),
         )
-    if loss_cfg.adv and nets.discriminator is not None:
+    if loss_cfg.adv and distil and nets.discriminator is not None:
         # The plain module: the student's adversarial term must not run DDP's gradient hooks of D.
         terms["adv"] = adversarial_loss(unwrap_ddp(nets.discriminator), probs_s)
     terms["total"] = (
-        terms["dice_t"]
-        + w.dice * terms["dice_s"]
+        terms["seg_t"]
+        + w.seg * terms["seg_s"]
         + distill_scale * (w.crr * terms["crr"] + w.car * terms["car"] + w.adv * terms["adv"])
     )
     return terms, probs_t, probs_s
+
+
+def uses_teacher(loss_cfg) -> bool:
+    """Whether any student term reads the teacher (CRR, CAR or ADV is on)."""
+    return bool(loss_cfg.crr or loss_cfg.car or loss_cfg.adv)
 
 
 def train_step(
@@ -154,17 +175,21 @@ def train_step(
     return torch.stack([terms[k].detach().float() for k in TERMS])
 
 
-def distill_scale(epoch: int, rampup_epochs: int) -> float:
-    """Linear ramp-up of the distillation weights: ``epoch / rampup_epochs`` capped at 1
-    (``epoch`` counts from 0, so the first epoch trains on Dice alone). 0 = no ramp (paper).
+def distill_scale(epoch: int, rampup_epochs: int, start_epoch: int = 0) -> float:
+    """Factor on the distillation weights at ``epoch`` (counted from 0): 0 before
+    ``start_epoch``, then a linear ramp ``(epoch - start_epoch) / rampup_epochs`` capped at 1
+    (so with a ramp the first distilling epoch still trains on the segmentation loss alone).
+    ``start_epoch = rampup_epochs = 0`` is the paper (distillation at full weight throughout).
 
-    Why: CRR's masks (Eq. 3) and CAR's target relations come from the co-trained teacher, which
-    is random at the start; the sign-valued L1 gradient of CRR then dominates the student's
-    Dice gradient under Adam and stalls it (docs/method.md, "Loss weights and ramp-up").
+    Why: CRR's masks (Eq. 3) and CAR's and ADV's targets come from the co-trained teacher, which
+    is random at the start; distilling it then teaches the student noise (docs/method.md,
+    "Distillation schedule").
     """
+    if epoch < start_epoch:
+        return 0.0
     if rampup_epochs <= 0:
         return 1.0
-    return min(1.0, epoch / rampup_epochs)
+    return min(1.0, (epoch - start_epoch) / rampup_epochs)
 
 
 def _backward_step(loss, optimizer, scaler) -> None:
