@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+import rirn.config  # noqa: F401  (registers the device_default resolver)
 from rirn.errors import ConfigError
 from rirn.models import (
     Discriminator,
@@ -349,7 +350,10 @@ def test_build_from_yaml():
 )
 def test_builder_config_errors(override, key):
     cfg = {
-        **OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model" / "unet3d.yaml")),
+        # resolved: CPU/CUDA defaults such as model.dropout are ${device_default:...}
+        **OmegaConf.to_container(
+            OmegaConf.load(REPO / "configs" / "model" / "unet3d.yaml"), resolve=True
+        ),
         **override,
     }
     with pytest.raises(ConfigError, match=re.escape(key)):
