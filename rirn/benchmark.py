@@ -206,7 +206,7 @@ def _step(cfg: DictConfig, device: torch.device) -> dict:
 
 
 def _inference(cfg: DictConfig, device: torch.device) -> dict:
-    from rirn.bench.infer import inference_section
+    from rirn.bench.inference_time import inference_section
     from rirn.data.modalities import parse_modalities
 
     precision = str(cfg.inference.precision)

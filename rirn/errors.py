@@ -3,7 +3,8 @@
 Every problem a user can cause (bad data, bad configuration) raises :class:`RirnError` with a
 message that names the file, case or config key and what is wrong. Entry points wrap their main
 function in :func:`cli_errors`, which prints ``error: <message>`` on one line to stderr and exits
-with status 2, without a traceback. Bugs (any other exception) still show their traceback.
+with status 2 (:class:`CasesFailed`: 1), without a traceback. Bugs (any other exception) still
+show their traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ F = TypeVar("F", bound=Callable)
 class RirnError(Exception):
     """A problem with the user's input or configuration; the message is shown as-is."""
 
+    #: Exit status of a command that ends with this error (:func:`cli_errors`).
+    exit_code = 2
+
 
 class DataError(RirnError):
     """Bad or missing data on disk (names the case or file)."""
@@ -26,6 +30,12 @@ class DataError(RirnError):
 
 class ConfigError(RirnError):
     """Invalid configuration (names the config key)."""
+
+
+class CasesFailed(RirnError):
+    """Some cases of a batch failed and the others were done (the command exits with 1)."""
+
+    exit_code = 1
 
 
 def cli_errors(fn: F) -> F:
@@ -41,6 +51,6 @@ def cli_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except RirnError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            sys.exit(exc.exit_code)
 
     return wrapper  # type: ignore[return-value]

@@ -32,14 +32,15 @@ from rirn.config import CONFIG_DIR
 from rirn.errors import ConfigError, DataError, cli_errors
 from rirn.evaluation.data import EvalData, dataset_data, run_data
 from rirn.evaluation.engine import EvalOptions, evaluate_to, write_results
-from rirn.evaluation.infer import InferenceSettings, amp_dtype, inference_settings, resolve_device
 from rirn.evaluation.runs import (
     LoadedCheckpoint,
     find_runs,
     open_checkpoint,
     require_checkpoint,
 )
+from rirn.evaluation.settings import amp_dtype, inference_settings, resolve_device
 from rirn.evaluation.tables import Problem
+from rirn.inference import InferenceSettings
 
 INPUTS: tuple[str, ...] = ("run_dir", "checkpoint", "sweep_dir")
 

@@ -1,12 +1,27 @@
-"""Whole-volume inference: Gaussian-weighted sliding window and the paper's centre crop.
+"""How a case is predicted: the one module that owns whole-case inference.
 
-Every function takes ``model``: any callable ``model(x)`` on a ``(N, C, *roi)`` tensor that
-returns either the logits ``(N, K, *roi)`` or an object with a ``.logits`` attribute holding them
-(``rirn.models.UNet3D`` returns ``UNetOutput(logits, ...)``). Logits are turned into region
-probabilities with ``torch.sigmoid`` (``K = 3`` channels ``WT, TC, ET`` for RIRN).
+``python -m rirn.evaluate``, ``python -m rirn.predict`` (one checkpoint or a bundle), the
+trainer's validation and the benchmark's timing (:mod:`rirn.bench.inference_time`) all predict
+through here. From a preprocessed case (``image float32 (C, *B)`` z-scored and cropped to the
+brain box ``B``, and its ``meta``; docs/architecture.md):
 
-Conventions shared by the functions here:
+1. :class:`InferenceSettings` say how: Gaussian sliding window of the training crop over the
+   box (:func:`sliding_window_inference`) or the paper's centre window
+   (:func:`center_crop_inference`), flip TTA, threshold, ET post-processing, autocast;
+2. :func:`predict_probs` gives the region probabilities ``(3, *B)`` in the box;
+3. :func:`predict_case` thresholds them per region (:func:`probs_to_regions`), drops small ET
+   when asked and pastes the masks back into the original volume ``(3, *meta.shape)``
+   (:func:`predict_case_with_probs` also returns the probabilities there).
 
+Turning a command's config keys (``device``, ``amp``, ``inference.*``, ``postprocess.*``) into
+settings is :mod:`rirn.evaluation.settings`; reading NIfTI into the preprocessed form is
+:func:`rirn.data.io.preprocess_case`.
+
+Conventions of the window functions:
+
+* ``model`` is any callable on a ``(N, C, *roi)`` tensor returning the logits ``(N, K, *roi)``
+  or an object with a ``.logits`` tensor (``UNet3D`` returns ``UNetOutput``); probabilities are
+  ``torch.sigmoid`` of the logits (``K = 3``: ``WT, TC, ET``).
 * Inputs are ``image (B, C, *S)`` tensors on the model's device; outputs are probabilities
   ``(B, K, *S)`` ``float32`` on the same device.
 * The model is called as it is: put it in ``eval()`` mode first. Calls run under
@@ -30,11 +45,19 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
+from rirn.data.transforms import uncrop_to_original
+from rirn.metrics import remove_small_et
+
 Model = Callable[[torch.Tensor], object]
+
+#: ``InferenceSettings.mode`` values (the ``inference.mode`` config key).
+MODES: tuple[str, ...] = ("sliding_window", "center_crop")
 
 
 def _logits(output: object) -> torch.Tensor:
@@ -248,3 +271,140 @@ def probs_to_regions(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tenso
     not forced to be nested (ET ⊆ TC ⊆ WT); each region is thresholded on its own.
     """
     return probs > threshold
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a case is predicted (config keys: :func:`rirn.evaluation.settings.inference_settings`).
+
+    Attributes:
+        mode: ``"sliding_window"`` (Gaussian-weighted windows over the whole brain box) or
+            ``"center_crop"`` (the paper: one window at the centre of the box, background
+            outside).
+        roi_size: window ``(X, Y, Z)``; by default the run's training crop ``data.crop_size``.
+        overlap: sliding-window overlap in ``[0, 1)``.
+        tta: flip test-time augmentation (8 flips in 3-D).
+        threshold: a region is predicted where its probability is above this.
+        sw_batch_size: windows per forward pass.
+        amp_dtype: autocast dtype (``None``: fp32).
+        et_min_voxels: ET post-processing (:func:`rirn.metrics.remove_small_et`), ``None`` = off.
+    """
+
+    mode: str
+    roi_size: tuple[int, int, int]
+    overlap: float = 0.5
+    tta: bool = False
+    threshold: float = 0.5
+    # 4 windows per forward: PyTorch's CPU convolutions are ~5x slower per window at batch 1
+    # (measured 0.21 s vs 0.04 s for a 32^3 window on 2 cores); GroupNorm is per sample, so
+    # the batch does not change the result.
+    sw_batch_size: int = 4
+    amp_dtype: torch.dtype | None = None
+    et_min_voxels: int | None = None
+
+    def describe(self) -> str:
+        """One line for tables, e.g. ``sliding window 160x192x128, overlap 0.5, Gaussian``."""
+        roi = "x".join(str(r) for r in self.roi_size)
+        if self.mode == "sliding_window":
+            text = f"sliding window {roi}, overlap {self.overlap:g}, Gaussian weights"
+        else:
+            text = f"centre crop {roi} of the brain box (background outside)"
+        text += ", flip TTA" if self.tta else ""
+        return f"{text}, threshold {self.threshold:g}"
+
+    def describe_postprocess(self) -> str:
+        if self.et_min_voxels is None:
+            return "none"
+        return f"ET < {self.et_min_voxels} voxels relabelled to NCR"
+
+    def as_dict(self) -> dict:
+        """Plain JSON-able dict (for the record that decides whether results are up to date)."""
+        out = asdict(self)
+        out["roi_size"] = list(self.roi_size)
+        out["amp_dtype"] = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
+        return out
+
+
+def predict_probs(
+    model: torch.nn.Module, image: torch.Tensor, settings: InferenceSettings
+) -> torch.Tensor:
+    """Region probabilities of one case in its brain box.
+
+    Args:
+        model: a ``UNet3D`` in eval mode, on ``image``'s device.
+        image: ``(1, C, *B)`` float32, the model's input channels only.
+        settings: see :class:`InferenceSettings`.
+
+    Returns:
+        ``(3, *B)`` float32 on the image's device.
+    """
+    if settings.mode == "center_crop":
+        probs = center_crop_inference(
+            model, image, settings.roi_size, tta_flip=settings.tta, amp_dtype=settings.amp_dtype
+        )
+    else:
+        probs = sliding_window_inference(
+            model,
+            image,
+            settings.roi_size,
+            overlap=settings.overlap,
+            batch_size=settings.sw_batch_size,
+            tta_flip=settings.tta,
+            amp_dtype=settings.amp_dtype,
+        )
+    return probs[0]
+
+
+def _predict_box(
+    model: torch.nn.Module, image: torch.Tensor | np.ndarray, settings: InferenceSettings
+) -> tuple[np.ndarray, torch.Tensor]:
+    """``(regions bool (3, *B) numpy, probs float32 (3, *B) on the model's device)``."""
+    device = next(model.parameters()).device
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None].to(device)
+    probs = predict_probs(model, x, settings)
+    regions = probs_to_regions(probs, settings.threshold).cpu().numpy()
+    if settings.et_min_voxels is not None:
+        # The ET count is the same in the box and in the whole volume (nothing outside the box).
+        regions = remove_small_et(regions, settings.et_min_voxels)
+    return regions, probs
+
+
+def predict_case(
+    model: torch.nn.Module,
+    image: torch.Tensor | np.ndarray,
+    meta: Mapping,
+    settings: InferenceSettings,
+) -> np.ndarray:
+    """Predict one case and paste the masks back into the original volume.
+
+    Args:
+        model: a ``UNet3D`` in eval mode.
+        image: ``(C, *B)`` float32 (numpy or tensor), the model's input channels of the
+            preprocessed case; moved to the model's device here.
+        meta: the case's meta dict (``bbox``, ``shape``; see docs/architecture.md).
+        settings: see :class:`InferenceSettings`; ET post-processing is applied when set.
+
+    Returns:
+        ``(3, *meta["shape"])`` bool region masks (WT, TC, ET), background outside the box.
+        Thresholding is per region, so the masks are not forced to be nested.
+    """
+    regions, _ = _predict_box(model, image, settings)
+    return uncrop_to_original(regions, dict(meta), fill=False)
+
+
+def predict_case_with_probs(
+    model: torch.nn.Module,
+    image: torch.Tensor | np.ndarray,
+    meta: Mapping,
+    settings: InferenceSettings,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict_case` and the probabilities behind it, both in the original volume.
+
+    Returns:
+        ``(regions, probs)``: ``regions`` as :func:`predict_case`; ``probs`` ``(3,
+        *meta["shape"])`` float32 region probabilities, 0 outside the brain box. ET
+        post-processing changes the masks only, never the probabilities.
+    """
+    regions, probs = _predict_box(model, image, settings)
+    full = uncrop_to_original(probs.float().cpu().numpy(), dict(meta), fill=0.0)
+    return uncrop_to_original(regions, dict(meta), fill=False), full

@@ -1,9 +1,11 @@
-"""``python -m rirn.predict``: segment new cases with a trained student (or teacher).
+"""``python -m rirn.predict``: segment new cases with one checkpoint, or with a bundle of students.
 
-Example::
+Examples::
 
     python -m rirn.predict checkpoint=outputs/t1ce/RUN/checkpoints/best.pt \\
         input=/data/new_cases output=/data/masks [naming=brats] [model=teacher]
+    python -m rirn.predict bundle=/models/rirn-bundle input=/data/clinic output=/data/masks \\
+        [save_probabilities=true]
 
 ``model=student|teacher`` is the documented spelling; the config key is ``network`` because
 ``model`` is also a Hydra config group in ``configs/`` (the architecture), which Hydra would
@@ -11,175 +13,94 @@ try to load. :func:`cli` renames the argument before Hydra parses the command li
 ``model=teacher`` and ``network=teacher`` work.
 
 ``input`` is one case folder (it holds NIfTI files) or a folder of case folders (any BraTS
-layout, ``HGG/``/``LGG/`` too). Each case needs only the modalities of the checkpoint's subset
-(all four for the teacher); other files, a segmentation included, are ignored. A case
-lacking one is reported before any prediction starts, e.g. ``case X: needs t1ce
-(X_t1ce.nii.gz or X-t1c.nii.gz), found only: t1, t2``.
+layout, ``HGG/``/``LGG/`` too); segmentation files in them are ignored. Exactly one of:
+
+* ``checkpoint=``: every case needs the checkpoint's modalities (all four for the teacher);
+  other files are ignored. A case lacking one is reported before any prediction starts, e.g.
+  ``case X: needs t1ce (X_t1ce.nii.gz or X-t1c.nii.gz), found only: t1, t2``.
+* ``bundle=`` (written by ``python -m rirn.export``, :mod:`rirn.bundle`): refused with one line
+  when a weights file does not match its checksum in ``manifest.json``. Each case is segmented
+  by the student of the modalities it has (:mod:`rirn.evaluation.bundle_predict`: present,
+  readable, not all zeros; else the largest available sub-subset) and gets a row in
+  ``<output>/predictions.csv``; a case that nothing can segment or whose files are bad fails
+  alone, and the command then exits with status 1. ``model=teacher`` uses the bundle's teacher
+  (``python -m rirn.export teacher=true``) for the cases with all four modalities.
 
 Preprocessing is the training one (:func:`rirn.data.io.preprocess_case`): z-score per modality
 over the brain voxels, crop to the brain box. The brain mask ("any modality non-zero") is taken
-from the *available* modalities only, so it can differ slightly from training, where all four
-defined it; BraTS volumes are skull-stripped with one mask, so in practice it is the same.
-Prediction is the Gaussian sliding window with the training crop (``inference.*`` as in
-``python -m rirn.evaluate``), pasted back into the full volume.
+from the modalities read (the checkpoint's; with a bundle all usable ones of the case), so it
+can differ slightly from training, where all four defined it; BraTS volumes are skull-stripped
+with one mask, so in practice it is the same. Prediction is the Gaussian sliding window with
+the training crop (``inference.*`` as in ``python -m rirn.evaluate``), pasted back into the
+full volume (:mod:`rirn.inference`).
 
-Output: ``<output>/<case>_pred.nii.gz`` (``naming=brats``: ``<case>.nii.gz``, the challenge's
-submission name), ``uint8``, with the affine, header and shape of the case's first input file.
-Labels follow the input's release: the checkpoint's label scheme (0/1/2/4 for a model trained
-on BraTS 2018-2021), except that input files named the BraTS 2023 way (``t1n``/``t1c``/``t2w``/
-``t2f``) get the 2023 labels 0/1/2/3. An unlabelled case has no label values to inspect, and
-the 2023 names are the only naming unique to one scheme (2018-2021 names are shared by many
-re-packagings), so naming decides only in that direction; ``scheme=brats|brats2023`` forces it.
+Output (:mod:`rirn.evaluation.predict_files`): ``<output>/<case>_pred.nii.gz``
+(``naming=brats``: ``<case>.nii.gz``, the challenge's submission name), ``uint8``, with the
+affine, header and shape of the model's first input file; ``save_probabilities=true`` adds
+``<case>_prob.nii.gz``. Labels follow the input's release: the model's label scheme (0/1/2/4
+for a model trained on BraTS 2018-2021), except that input files named the BraTS 2023 way
+(``t1n``/``t1c``/``t2w``/``t2f``) get the 2023 labels 0/1/2/3. An unlabelled case has no label
+values to inspect, and the 2023 names are the only naming unique to one scheme (2018-2021
+names are shared by many re-packagings), so naming decides only in that direction;
+``scheme=brats|brats2023`` forces it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import re
-import secrets
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
-import nibabel as nib
-import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from rirn.bundle import open_bundle
 from rirn.config import CONFIG_DIR
-from rirn.data.discovery import CaseFiles, read_case_folder
-from rirn.data.io import preprocess_case
-from rirn.data.modalities import MODALITIES, channel_indices
-from rirn.errors import ConfigError, DataError, cli_errors
-from rirn.evaluation.infer import amp_dtype, inference_settings, predict_case, resolve_device
+from rirn.data.modalities import MODALITIES
+from rirn.errors import CasesFailed, ConfigError, cli_errors
+from rirn.evaluation.bundle_predict import CSV_NAME, predict_folders
+from rirn.evaluation.predict_files import NAMINGS, case_folders, find_case, segment_case
 from rirn.evaluation.runs import open_checkpoint
-from rirn.labels import SCHEMES, get_scheme, regions_to_labels
+from rirn.evaluation.settings import amp_dtype, inference_settings, resolve_device
+from rirn.inference import InferenceSettings
+from rirn.labels import SCHEMES
 
-NAMINGS: tuple[str, ...] = ("pred", "brats")
 MODELS: tuple[str, ...] = ("student", "teacher")
-#: File-name tokens of the BraTS 2023+ naming (``<case>-t1n.nii.gz``, ...).
-NAMES_2023: dict[str, str] = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
+_USAGE = "python -m rirn.predict checkpoint=PATH|bundle=DIR input=DIR output=DIR"
 
 
-def _has_nifti(folder: Path) -> bool:
-    return any(
-        p.is_file() and not p.name.startswith(".") and p.name.lower().endswith((".nii", ".nii.gz"))
-        for p in folder.iterdir()
-    )
-
-
-def case_folders(input_dir: str | Path) -> list[Path]:
-    """The case folders of ``input``: itself if it holds NIfTI files, else its subfolders that
-    do, looking one level deeper for folders without NIfTI files (``HGG/``, ``LGG/``).
-
-    Raises:
-        ConfigError: ``input`` is not a folder.
-        DataError: no case folder found.
-    """
-    root = Path(input_dir).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"input={root} does not exist or is not a folder")
-    if _has_nifti(root):
-        return [root]
-    found = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if _has_nifti(sub):
-            found.append(sub)
-        else:
-            found += [d for d in sorted(sub.iterdir()) if d.is_dir() and _has_nifti(d)]
-    if not found:
-        raise DataError(f"input={root}: no case folder with NIfTI files found")
-    return found
-
-
-def _available(folder: Path) -> list[str]:
-    """Modalities with exactly one file in ``folder`` (asked one at a time)."""
-    found = []
-    for m in MODALITIES:
-        try:
-            read_case_folder(folder, (m,))
-        except DataError:
-            continue
-        found.append(m)
-    return found
-
-
-def find_case(folder: Path, subset: tuple[str, ...]) -> CaseFiles:
-    """The input files of one case for ``subset``, ignoring any segmentation.
-
-    Raises:
-        DataError: a needed modality is missing (the message names the case, the file names
-            expected and the modalities found), or a modality has several files.
-    """
-    try:
-        case = read_case_folder(folder, subset)
-    except DataError as exc:
-        found = _available(folder)
-        missing = [m for m in subset if m not in found]
-        if not missing:
-            raise  # another problem (several files of a modality): its own message says it
-        cid = folder.name
-        needs = " and ".join(
-            f"{m} ({cid}_{m}.nii.gz or {cid}-{NAMES_2023[m]}.nii.gz)" for m in missing
-        )
-        has = f"found only: {', '.join(found)}" if found else "found no modality file"
-        raise DataError(f"case {cid} ({folder}): needs {needs}, {has}") from exc
-    # The bbox must not depend on a ground truth that happens to sit in the folder.
-    return dataclasses.replace(case, seg=None)
-
-
-def _token(path: Path) -> str:
-    name = path.name.lower().removesuffix(".gz").removesuffix(".nii")
-    return re.split(r"[_\-.\s]+", name)[-1]
-
-
-def output_scheme(case: CaseFiles, checkpoint_scheme: str, option: str = "auto") -> str:
-    """Label scheme of a case's prediction (see the module docstring): ``option`` if not
-    ``"auto"``, ``"brats2023"`` for 2023-named input files, else ``checkpoint_scheme``."""
-    if option != "auto":
-        return get_scheme(option).name
-    names_2023 = {_token(p) for p in case.images.values()} & set(NAMES_2023.values())
-    return "brats2023" if names_2023 else checkpoint_scheme
-
-
-def output_path(out_dir: Path, case_id: str, naming: str) -> Path:
-    """``<out>/<case>_pred.nii.gz`` (``naming="pred"``) or ``<out>/<case>.nii.gz``."""
-    return out_dir / (f"{case_id}.nii.gz" if naming == "brats" else f"{case_id}_pred.nii.gz")
-
-
-def write_like(path: Path, labels: np.ndarray, reference: Path) -> Path:
-    """Write ``labels`` (uint8, the reference's shape) with the reference file's affine and
-    header (data type set to uint8; nibabel writes no intensity scaling for uint8 data);
-    atomic (temporary file + rename)."""
-    ref = nib.load(str(reference))
-    header = ref.header.copy()
-    header.set_data_dtype(np.uint8)
-    image = type(ref)(labels.astype(np.uint8), ref.affine, header)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{secrets.token_hex(4)}.{path.name}")
-    try:
-        nib.save(image, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+def _given(cfg: DictConfig, key: str) -> bool:
+    return not OmegaConf.is_missing(cfg, key) and cfg[key] not in (None, "")
 
 
 def _check(cfg: DictConfig) -> None:
-    for key in ("checkpoint", "input", "output"):
-        if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, ""):
-            raise ConfigError(
-                f"{key} is required: python -m rirn.predict checkpoint=PATH input=DIR output=DIR"
-            )
+    sources = [k for k in ("checkpoint", "bundle") if _given(cfg, k)]
+    if len(sources) != 1:
+        given = f" (got {' and '.join(sources)})" if sources else ""
+        raise ConfigError(f"exactly one of checkpoint or bundle is required{given}: {_USAGE}")
+    for key in ("input", "output"):
+        if not _given(cfg, key):
+            raise ConfigError(f"{key} is required: {_USAGE}")
     for key, valid in (("network", MODELS), ("naming", NAMINGS), ("scheme", ("auto", *SCHEMES))):
         if str(cfg[key]) not in valid:
             raise ConfigError(f"{key}={cfg[key]!r} is not one of {', '.join(valid)}")
 
 
-def run(cfg: DictConfig) -> list[Path]:
-    """Predict every case of ``cfg.input`` into ``cfg.output``; returns the written files."""
-    _check(cfg)
+def _settings(
+    cfg: DictConfig, crop: Sequence[int], model_cfg, device: torch.device
+) -> InferenceSettings:
+    return inference_settings(
+        cfg.inference,
+        cfg.postprocess.et_min_voxels,
+        crop,
+        model_cfg,
+        amp_dtype(device, bool(cfg.amp)),
+    )
+
+
+def _run_checkpoint(cfg: DictConfig) -> list[Path]:
     ckpt_path = Path(str(cfg.checkpoint)).expanduser()
     if not ckpt_path.is_file():
         raise ConfigError(f"checkpoint={ckpt_path} does not exist or is not a file")
@@ -187,27 +108,76 @@ def run(cfg: DictConfig) -> list[Path]:
     subset = ckpt.modalities if cfg.network == "student" else MODALITIES
     cases = [find_case(folder, subset) for folder in case_folders(cfg.input)]  # fail fast
     device = resolve_device(cfg.device)
-    settings = inference_settings(
-        cfg.inference,
-        cfg.postprocess.et_min_voxels,
-        ckpt.crop_size,
-        ckpt.config["model"],
-        amp_dtype(device, bool(cfg.amp)),
-    )
+    settings = _settings(cfg, ckpt.crop_size, ckpt.config["model"], device)
     net = ckpt.network(str(cfg.network), device)
     out_dir = Path(str(cfg.output)).expanduser()
     written = []
     bar = tqdm(cases, desc="predict", unit="case", disable=None if cfg.progress else True)
     for case in bar:
-        scheme = output_scheme(case, ckpt.scheme, str(cfg.scheme))
-        release = "brats2023" if scheme == "brats2023" else "brats2021"
-        image, _, meta = preprocess_case(case, release, scheme)
-        regions = predict_case(net, image[channel_indices(subset)], meta, settings)
-        labels = regions_to_labels(regions, get_scheme(scheme))
-        path = output_path(out_dir, case.case_id, str(cfg.naming))
-        written.append(write_like(path, labels, case.images[subset[0]]))
+        out = segment_case(
+            case,
+            subset,
+            net,
+            settings,
+            ckpt.scheme,
+            out_dir,
+            str(cfg.naming),
+            str(cfg.scheme),
+            bool(cfg.save_probabilities),
+        )
+        written.append(out.mask)
     print(f"{len(written)} mask(s) written to {out_dir}", flush=True)
     return written
+
+
+def _run_bundle(cfg: DictConfig) -> list[Path]:
+    bundle = open_bundle(str(cfg.bundle))  # checksums first: a bad bundle runs nothing
+    if cfg.network == "teacher":
+        if bundle.teacher is None:
+            raise ConfigError(
+                f"model=teacher but bundle {bundle.path} has no teacher "
+                "(python -m rirn.export ... teacher=true stores it)"
+            )
+        models = {MODALITIES: bundle.teacher}
+    else:
+        models = bundle.students
+    folders = case_folders(cfg.input)
+    device = resolve_device(cfg.device)
+    settings = {s: _settings(cfg, m.crop_size, m.entry["model"], device) for s, m in models.items()}
+    out_dir = Path(str(cfg.output)).expanduser()
+    results = predict_folders(
+        folders,
+        models,
+        settings,
+        out_dir,
+        device,
+        str(cfg.naming),
+        str(cfg.scheme),
+        bool(cfg.save_probabilities),
+    )
+    written = [r.mask for r in results if r.mask is not None]
+    print(
+        f"{len(written)} mask(s) written to {out_dir}, one row per case in {CSV_NAME}", flush=True
+    )
+    failed = [r.case for r in results if r.mask is None]
+    if failed:
+        raise CasesFailed(
+            f"{len(failed)} of {len(results)} case(s) failed ({', '.join(failed)}); "
+            f"see {out_dir / CSV_NAME}"
+        )
+    return written
+
+
+def run(cfg: DictConfig) -> list[Path]:
+    """Predict every case of ``cfg.input`` into ``cfg.output``; returns the written masks.
+
+    Raises:
+        ConfigError, DataError: bad options, checkpoint, bundle or (``checkpoint=``) a case.
+        CasesFailed: (``bundle=``) some cases failed; the others and ``predictions.csv`` are
+            written.
+    """
+    _check(cfg)
+    return _run_bundle(cfg) if _given(cfg, "bundle") else _run_checkpoint(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")

@@ -5,7 +5,7 @@
   and optimisers, outside the trainer) and a fixed batch;
 * :mod:`rirn.bench.step` — the co-training step: variants, reference, loss agreement;
 * :mod:`rirn.bench.loader` — ``TrainDataset`` + ``DataLoader`` crops/s (cache vs NIfTI);
-* :mod:`rirn.bench.infer` — sliding-window inference per case;
+* :mod:`rirn.bench.inference_time` — time per case of :func:`rirn.inference.predict_probs`;
 * :mod:`rirn.bench.car` — CAR loss, chunked vs naive;
 * :mod:`rirn.bench.report` — targets and the Markdown table.
 """

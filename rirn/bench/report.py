@@ -4,6 +4,11 @@ The targets are the project's goals for one H100 (reference.md): a co-training s
 at most 150 ms at 160x192x128, at most 12 GB peak memory, a loader that delivers at least 3x the
 step rate, and at most 1 s of sliding-window inference per 240x240x155 case. Flags are set on
 CUDA runs only (``pass: null`` elsewhere: a CPU says nothing about them).
+
+This module owns the benchmark's table only (``python -m rirn.benchmark``: speed, memory,
+targets), not a Dice table: segmentation tables are :mod:`rirn.evaluation.tables`
+(``python -m rirn.evaluate``) and :mod:`rirn.evaluation.report_tables` (``python -m
+rirn.report``); docs/architecture.md has the map of which module owns which table.
 """
 
 from __future__ import annotations

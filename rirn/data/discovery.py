@@ -110,6 +110,21 @@ def _niftis(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _is_nifti(p))
 
 
+def modality_files(folder: str | Path) -> dict[str, list[Path]]:
+    """The NIfTI files of one case folder by canonical modality (name token, aliases allowed).
+
+    Returns:
+        ``{modality: [paths, sorted]}`` for the modalities with at least one file, in canonical
+        order; files of no modality (the segmentation, others) are left out.
+    """
+    found: dict[str, list[Path]] = {}
+    for path in _niftis(Path(folder)):
+        token = _token(path)
+        if token in ALIASES:
+            found.setdefault(ALIASES[token], []).append(path)
+    return {m: found[m] for m in MODALITIES if m in found}
+
+
 def _expected_name(case_id: str, modality: str, release: str) -> str:
     if release == "brats2023":
         new = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}
@@ -150,11 +165,7 @@ def read_case_folder(
         raise DataError(f"case folder {folder} does not exist")
     wanted = [canonical_modality(m) for m in modalities]
     files = _niftis(folder)
-    found: dict[str, list[Path]] = {}
-    for path in files:
-        token = _token(path)
-        if token in ALIASES:
-            found.setdefault(ALIASES[token], []).append(path)
+    found = modality_files(folder)
     case_id = folder.name
     if release == "auto":
         tokens = {_token(p) for p in files}

@@ -34,7 +34,6 @@ from rirn.data.transforms import uncrop_to_original
 from rirn.errors import DataError
 from rirn.evaluation.data import EvalData
 from rirn.evaluation.figures import write_case_figure
-from rirn.evaluation.infer import InferenceSettings, predict_case
 from rirn.evaluation.render import render_latex, render_markdown
 from rirn.evaluation.runs import LoadedCheckpoint
 from rirn.evaluation.tables import (
@@ -45,6 +44,7 @@ from rirn.evaluation.tables import (
     write_per_case_csv,
     write_summary_csv,
 )
+from rirn.inference import InferenceSettings, predict_case
 from rirn.metrics import region_metrics
 
 RECORD = "evaluation.json"

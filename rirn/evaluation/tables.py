@@ -15,6 +15,14 @@ no results (no checkpoint, or their evaluation failed) keep their row with a ``s
 why and no numbers.
 
 The empty-mask convention is BraTS 2018-2021's (:data:`CONVENTION`, see :mod:`rirn.metrics`).
+
+Which module owns which table (docs/architecture.md has the full map): this module owns the
+tables of ``python -m rirn.evaluate`` (``per_case.csv``, the summary rows, ``summary.csv``);
+:mod:`rirn.evaluation.render` prints that summary as ``summary.md``/``summary.tex``. The paper's
+comparison tables of ``python -m rirn.report`` (Tables 4, 6, 7, the 15 subsets, seeds, KD) are
+:mod:`rirn.evaluation.report_tables` and its helpers, which read rows made here. Benchmark
+results are :mod:`rirn.bench.report`; ``predictions.csv`` is
+:mod:`rirn.evaluation.bundle_predict`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Full-volume inference time: :func:`rirn.inference.sliding_window_inference` of the student
-(eval mode) on one whole case, as evaluation and prediction run it.
+"""Full-volume inference time: :func:`rirn.inference.predict_probs` of the student (eval mode,
+Gaussian sliding window) on one whole case, as evaluation and prediction run it.
 
 The input is a random ``(1, C_student, *volume)`` tensor already on the device: the time does
 not depend on the values, and reading the case is the loader's cost, measured apart.
@@ -13,7 +13,7 @@ import time
 import torch
 
 from rirn.bench.common import log, memory_report, reset_peak_memory, summarize, synchronize
-from rirn.inference import sliding_window_inference, window_starts
+from rirn.inference import InferenceSettings, predict_probs, window_starts
 from rirn.models import build_unet
 
 __all__ = ["inference_section"]
@@ -44,11 +44,16 @@ def inference_section(
         len(window_starts(max(int(s), int(r)), int(r), overlap))
         for s, r in zip(volume, roi, strict=True)
     )
+    settings = InferenceSettings(
+        mode="sliding_window",
+        roi_size=tuple(int(r) for r in roi),  # type: ignore[arg-type]
+        overlap=overlap,
+        sw_batch_size=batch_size,
+        amp_dtype=amp_dtype,
+    )
 
     def run() -> None:
-        sliding_window_inference(
-            model, image, roi, overlap=overlap, batch_size=batch_size, amp_dtype=amp_dtype
-        )
+        predict_probs(model, image, settings)
 
     log(f"inference: {windows} windows of {'x'.join(map(str, roi))}, warm-up + {repeats} run(s)")
     run()

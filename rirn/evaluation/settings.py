@@ -1,0 +1,105 @@
+"""The config keys of evaluate/predict/report -> the settings of :mod:`rirn.inference`.
+
+``device=auto|cpu|cuda|cuda:N``, ``amp`` (bf16 autocast on CUDA), the ``inference`` group
+(``mode``, ``roi_size``, ``overlap``, ``tta``, ``threshold``, ``sw_batch_size``) and
+``postprocess.et_min_voxels`` are validated here with one-line :class:`~rirn.errors.ConfigError`
+messages that name the key; how the settings are then used to predict a case is
+:mod:`rirn.inference`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from rirn.errors import ConfigError
+from rirn.inference import MODES, InferenceSettings
+
+
+@contextmanager
+def _config_key(trainer_key: str, our_key: str):
+    """Re-raise a ConfigError of a ``rirn.training.setup`` check under this command's key."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace(trainer_key, our_key)) from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``device=auto|cpu|cuda|cuda:N`` -> a torch device (``auto``: CUDA when available).
+
+    Raises:
+        ConfigError: not a device name, or CUDA asked for but not available.
+    """
+    from rirn.training.setup import resolve_device as _resolve
+
+    with _config_key("trainer.device", "device"):
+        return _resolve(str(name))
+
+
+def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """Autocast dtype: bf16 on CUDA when ``amp`` is on, else ``None`` (full fp32; CPU always)."""
+    return torch.bfloat16 if amp and device.type == "cuda" else None
+
+
+def _roi(roi_size, model_cfg: Mapping) -> tuple[int, int, int]:
+    from omegaconf import OmegaConf
+
+    from rirn.training.setup import check_crop
+
+    with _config_key("data.crop_size", "inference.roi_size"):
+        return check_crop(list(roi_size), OmegaConf.create(dict(model_cfg)))
+
+
+def inference_settings(
+    inference_cfg: Mapping,
+    et_min_voxels,
+    train_crop: Sequence[int],
+    model_cfg: Mapping,
+    dtype: torch.dtype | None,
+) -> InferenceSettings:
+    """Validate the ``inference`` config group and build :class:`InferenceSettings`.
+
+    Args:
+        inference_cfg: keys ``mode``, ``roi_size`` (``null``: ``train_crop``), ``overlap``,
+            ``tta``, ``threshold``, ``sw_batch_size``.
+        et_min_voxels: ``postprocess.et_min_voxels`` (``null``/``None``: off).
+        train_crop: the checkpoint's ``data.crop_size``.
+        model_cfg: the checkpoint's ``model`` config (the window must fit its downsampling).
+        dtype: autocast dtype (:func:`amp_dtype`).
+
+    Raises:
+        ConfigError: a value out of range; the message names the key.
+    """
+    mode = str(inference_cfg.get("mode", "sliding_window"))
+    if mode not in MODES:
+        raise ConfigError(f"inference.mode={mode!r} is not one of {', '.join(MODES)}")
+    roi_cfg = inference_cfg.get("roi_size")
+    roi = _roi(train_crop if roi_cfg in (None, "") else roi_cfg, model_cfg)
+    overlap = float(inference_cfg.get("overlap", 0.5))
+    if not 0.0 <= overlap < 1.0:
+        raise ConfigError(f"inference.overlap={overlap} must be in [0, 1)")
+    threshold = float(inference_cfg.get("threshold", 0.5))
+    if not 0.0 < threshold < 1.0:
+        raise ConfigError(f"inference.threshold={threshold} must be in (0, 1)")
+    batch = int(inference_cfg.get("sw_batch_size", 4))
+    if batch < 1:
+        raise ConfigError(f"inference.sw_batch_size={batch} must be >= 1")
+    if et_min_voxels not in (None, ""):
+        et_min_voxels = int(et_min_voxels)
+        if et_min_voxels < 1:
+            raise ConfigError(f"postprocess.et_min_voxels={et_min_voxels} must be >= 1 or null")
+    else:
+        et_min_voxels = None
+    return InferenceSettings(
+        mode=mode,
+        roi_size=roi,
+        overlap=overlap,
+        tta=bool(inference_cfg.get("tta", False)),
+        threshold=threshold,
+        sw_batch_size=batch,
+        amp_dtype=dtype,
+        et_min_voxels=et_min_voxels,
+    )
