@@ -1,4 +1,5 @@
-"""``python -m rirn.report``: the paper's tables (4, 6, 7 and the 15 subsets) from a sweep.
+"""``python -m rirn.report``: the paper's tables (4, 6, 7 and the 15 subsets) from a sweep, and
+the knowledge-transfer comparison (baseline, logit KD, feature KD, RIRN; ``kd_comparison``).
 
 Examples::
 
@@ -11,15 +12,29 @@ The runs of ``sweep_dir`` are evaluated by :func:`rirn.evaluate.evaluate_sweep`,
 ``reuse=true`` by default: a run whose ``eval/`` results match its checkpoint and the settings
 is read back, not evaluated again. Every option of ``python -m rirn.evaluate`` applies. Each
 run's resolved config (``<run>/.hydra/config.yaml``) says which table rows it fills and which
-tables the sweep supports (:mod:`rirn.evaluation.report_tables`). Written to ``output_dir``
-(default ``<sweep_dir>/report``):
+tables the sweep supports (:mod:`rirn.evaluation.report_tables`), and its top-level ``seed``.
+Runs of one row that differ only in ``seed`` are grouped (:mod:`rirn.evaluation.seed_tables`)
+when some row of a table has two or more seeds: each row of Tables 4, 6 and 7 is then one line
+with Dice mean ± sample std over seeds and the delta to its reference row paired by seed, with a
+95% Student-t interval (``n - 1`` dof) over the pairs; Table 6 adds the AVG delta pooled over
+all (modality, seed) pairs and on how many modalities RIRN beats the baseline. Runs of one seed
+in one row are averaged first (and named). The CSVs keep one line per run (with its ``seed``)
+and add one line per row with the seed statistics. Rows lacking a seed that other runs of the
+sweep have are listed under *Missing seeds*, with the command that trains them. With one seed
+the tables have one line per run, deltas against the reference row's mean over its runs.
+A sweep with KD or feature-KD runs gets the ``kd_comparison`` table
+(:mod:`rirn.evaluation.method_table`): one row per subset, WT/TC/ET per method over seeds, and
+each method's paired Δ to the baseline. Written to ``output_dir`` (default
+``<sweep_dir>/report``):
 
 ==========================  ==================================================================
 ``report.md``               the tables, the paper's numbers (``paper=true``), runs without
                             results, expected rows without a run, runs that fit no table
-``table4_ablation.csv``     one CSV per table shown: Dice (fractions), deltas, paper rows
+``table4_ablation.csv``     one CSV per table shown: Dice (fractions), deltas, paper rows,
+                            seed lines (columns: :mod:`rirn.evaluation.report_csv`)
 ``table6_unimodal.csv``
 ``table7_aggregation.csv``
+``kd_comparison.csv``
 ``subsets.csv``/``.tex``    the 15-subset table, in the format of ``summary.csv``/``.tex``
 ``all_runs/``               ``python -m rirn.evaluate sweep_dir=...`` output over every run
 ==========================  ==================================================================
@@ -28,24 +43,22 @@ tables the sweep supports (:mod:`rirn.evaluation.report_tables`). Written to ``o
 from __future__ import annotations
 
 import csv
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rirn.config import CONFIG_DIR
-from rirn.data.modalities import subset_name
 from rirn.errors import ConfigError, DataError, cli_errors
 from rirn.evaluate import evaluate_sweep
-from rirn.evaluation.render import render_latex, render_markdown
+from rirn.evaluation import method_table
+from rirn.evaluation.render import markdown_table, render_latex, render_markdown
+from rirn.evaluation.report_csv import write_table_csv
 from rirn.evaluation.report_tables import (
     NO_RUN,
     PAPER_SOURCE,
     SWEEP_SOURCE,
-    SWITCHES,
-    TABLE_NAMES,
     TABLES,
     ReportRow,
     RunResult,
@@ -60,6 +73,13 @@ from rirn.evaluation.report_tables import (
     variant_of,
 )
 from rirn.evaluation.runs import RunEntry, find_runs
+from rirn.evaluation.seed_tables import (
+    grouped,
+    missing_seed_lines,
+    paired_run_rows,
+    seed_markdown,
+    seed_rows,
+)
 from rirn.evaluation.tables import (
     SUMMARY_REGIONS,
     Problem,
@@ -70,14 +90,31 @@ from rirn.evaluation.tables import (
 )
 
 ALL_RUNS = "all_runs"
+#: Every table the report can show, in report order: the paper's, then the knowledge-transfer
+#: comparison (:mod:`rirn.evaluation.method_table`).
+REPORT_TABLES: tuple[TableSpec, ...] = (*TABLES, method_table.KD_TABLE)
+TABLE_NAMES: tuple[str, ...] = tuple(t.name for t in REPORT_TABLES)
+
+
+def read_run_config(run_dir: Path) -> tuple[Variant | None, int | None]:
+    """The :class:`Variant` and top-level ``seed`` of a run's ``.hydra/config.yaml``; each is
+    ``None`` when unreadable or absent."""
+    try:
+        config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    except Exception:  # noqa: BLE001 - any unreadable config means "fits no table"
+        return None, None
+    try:
+        variant = variant_of(config)
+    except Exception:  # noqa: BLE001 - an odd config means "fits no table"
+        variant = None
+    seed = config.get("seed") if isinstance(config, DictConfig) else None
+    # A seed of another type (a string, a list) cannot be paired with the others' ints.
+    return variant, seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def read_variant(run_dir: Path) -> Variant | None:
     """The :class:`Variant` of a run's ``.hydra/config.yaml``; ``None`` when unreadable."""
-    try:
-        return variant_of(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
-    except Exception:  # noqa: BLE001 - any unreadable or odd config means "fits no table"
-        return None
+    return read_run_config(run_dir)[0]
 
 
 def parse_tables(value) -> tuple[TableSpec, ...] | None:
@@ -96,7 +133,7 @@ def parse_tables(value) -> tuple[TableSpec, ...] | None:
             f"tables={value} must be auto or a list of {', '.join(TABLE_NAMES)} "
             f"(unknown: {', '.join(unknown) or 'empty list'})"
         )
-    return tuple(t for t in TABLES if t.name in names)
+    return tuple(t for t in REPORT_TABLES if t.name in names)
 
 
 def _read_summary(path: Path) -> tuple[list[Problem], tuple[str, str]]:
@@ -141,10 +178,12 @@ def run_results(entries: Sequence[RunEntry], rows: list[dict], problems) -> list
     return [
         RunResult(
             e.name,
-            read_variant(e.path),
+            variant,
             rows_by_run.get(e.name) or SummaryRow("student", e.subset, e.name, status=missing),
+            seed,
         )
         for e in entries
+        for variant, seed in [read_run_config(e.path)]
     ]
 
 
@@ -158,6 +197,8 @@ def _nested(markdown: str) -> list[str]:
 
 def write_table(out: Path, table: TableSpec, runs, per_case, settings, paper: bool) -> list[str]:
     """Write one table's CSV (and, for the subsets, its LaTeX); returns its report section."""
+    if table.name == method_table.NAME:
+        return method_table.write_method_table(out, table, runs)
     if table.name == "subsets":
         rows = subset_summary(table, runs, per_case)
         write_summary_csv(out / table.file, rows, *settings)
@@ -166,8 +207,15 @@ def write_table(out: Path, table: TableSpec, runs, per_case, settings, paper: bo
         )
         return _nested(render_markdown(rows, {}, table.title))
     lines = [f"## {table.title}", ""]
-    rows = table_rows(table, runs)
-    lines += table_markdown(table, rows)
+    if grouped(table, runs):
+        by_seed = seed_rows(table, runs)
+        lines += seed_markdown(table, by_seed)
+        # Per row: its runs, then its seed line, so the CSV reads top to bottom like the table.
+        per_run = paired_run_rows(table, runs)
+        rows = [x for s in by_seed for x in (*(r for r in per_run if r.spec == s.spec), s)]
+    else:
+        rows = table_rows(table, runs)
+        lines += table_markdown(table, rows)
     reference = paper_rows(table) if paper else []
     if reference:
         lines += ["", f"{PAPER_SOURCE}, for reference:", "", *table_markdown(table, reference)]
@@ -192,6 +240,9 @@ def _lists(tables: Sequence[TableSpec], runs: Sequence[RunResult]) -> list[str]:
     ]
     if absent:
         lines += ["", "## Expected rows without a run", "", *absent]
+    seeds = missing_seed_lines(tables, runs)
+    if seeds:
+        lines += ["", "## Missing seeds", "", *seeds]
     placed = {r.name for t in tables for s in t.rows for r in row_runs(s, runs)}
     unplaced = [f"- `{r.name}`: {_describe(r.variant)}" for r in runs if r.name not in placed]
     if unplaced:
@@ -203,51 +254,6 @@ def _describe(variant: Variant | None) -> str:
     if variant is None:
         return "its .hydra/config.yaml is missing or has no modality/loss switches"
     return f"trained with `{train_overrides(variant)}`"
-
-
-CSV_COLUMNS: tuple[str, ...] = (
-    "source",
-    "row",
-    "modality",
-    *SWITCHES,
-    "aggregation",
-    "run",
-    "n",
-    "status",
-    *(f"dice_{reg}_{s}" for reg in SUMMARY_REGIONS for s in ("mean", "std")),
-    *(f"delta_{reg}" for reg in SUMMARY_REGIONS),
-    "reference",
-    "train",
-)
-
-
-def _csv_line(table: TableSpec, row: ReportRow) -> list:
-    spec, v = row.spec, row.spec.variant
-    dice = [row.dice.get(reg, (math.nan, math.nan))[i] for reg in SUMMARY_REGIONS for i in (0, 1)]
-    delta = [row.delta.get(reg, math.nan) for reg in SUMMARY_REGIONS]
-    reference = table.row(spec.reference).label if spec.reference else ""
-    head = [row.source, spec.label, subset_name(v.subset), *(str(s).lower() for s in v.switches)]
-    tail = [row.run, row.n or "", row.status]
-    numbers = ["" if math.isnan(x) else x for x in (*dice, *delta)]
-    return [*head, v.aggregation or "", *tail, *numbers, reference, spec.train]
-
-
-def write_table_csv(path: str | Path, table: TableSpec, rows: Iterable[ReportRow]) -> Path:
-    """One CSV line per :class:`ReportRow` (:data:`CSV_COLUMNS`; Dice as fractions, empty
-    cells where there is no number)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(_csv_line(table, row) for row in rows)
-    return path
-
-
-def markdown_table(head: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
-    """Lines of a Markdown table."""
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
 
 
 def table_markdown(table: TableSpec, rows: Sequence[ReportRow]) -> list[str]:
@@ -276,8 +282,15 @@ def _files(table: TableSpec) -> set[str]:
 def _remove_stale(out: Path, tables: Sequence[TableSpec]) -> None:
     """Delete the files of tables not in this report, left by an earlier one in ``out``."""
     shown = set().union(*(_files(t) for t in tables))
-    for name in set().union(*(_files(t) for t in TABLES)) - shown:
+    for name in set().union(*(_files(t) for t in REPORT_TABLES)) - shown:
         (out / name).unlink(missing_ok=True)
+
+
+def detect_report_tables(runs: Sequence[RunResult]) -> list[TableSpec]:
+    """The paper's tables the runs support (:func:`detect_tables`), then the knowledge-transfer
+    comparison when some run has KD or feature KD on."""
+    tables = detect_tables(runs)
+    return tables + [method_table.KD_TABLE] if method_table.has_transfer_runs(runs) else tables
 
 
 def write_report(cfg: DictConfig, sweep: Path, out: Path, asked: Sequence | None) -> Path:
@@ -292,10 +305,20 @@ def write_report(cfg: DictConfig, sweep: Path, out: Path, asked: Sequence | None
     entries = find_runs(sweep, str(cfg.prefer))
     per_case, problems, settings = evaluate_runs(cfg, out / ALL_RUNS)
     runs = run_results(entries, per_case, problems)
-    tables = list(asked) if asked is not None else detect_tables(runs)
+    tables = list(asked) if asked is not None else detect_report_tables(runs)
+    # The comparison's rows and methods are the sweep's: its subsets and KD variants.
+    tables = [method_table.sweep_table(runs) if t.name == method_table.NAME else t for t in tables]
     _remove_stale(out, tables)
     done = sum(r.summary.status == "ok" for r in runs)
     how = "from the runs' configs" if asked is None else "as asked with tables="
+    seeded = any(grouped(t, runs) for t in tables if t.name != "subsets")
+    paired = "; paired by seed where grouped" if seeded else ""
+    several = (
+        "In a table where some row has several seeds each row is one line over seeds (see its "
+        "note); otherwise a row with several runs has one line per run."
+        if seeded
+        else "A row with several runs has one line per run."
+    )
     data = f"all cases of {cfg.data.root}" if cfg.data.root else "validation split of each run"
     lines = [
         f"# Report of sweep {sweep.name}",
@@ -306,8 +329,8 @@ def write_report(cfg: DictConfig, sweep: Path, out: Path, asked: Sequence | None
         f"- Data: {data}; inference: {settings[0]}; post-processing: {settings[1]}",
         f"- Per-run results: {out / ALL_RUNS / 'summary.md'}",
         "- Cells: student Dice (%), mean over cases; AVG = per-case mean of WT, TC, ET; "
-        "Δ AVG = AVG minus the reference row's AVG (mean over its runs), in Dice points. A row "
-        "with several runs has one line per run.",
+        f"Δ AVG = AVG minus the reference row's AVG (mean over its runs{paired}), in Dice "
+        f"points. {several}",
     ]
     for table in tables:
         lines += ["", *write_table(out, table, runs, per_case, settings, bool(cfg.paper))]

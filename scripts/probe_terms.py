@@ -4,11 +4,12 @@
 
 Loads the run's networks, draws ``--batches`` training batches of its own split and crop size
 (keyed crops of a fixed epoch, so two probes of one run see the same batches) and prints, for
-the student's segmentation term and each enabled distillation term (CRR, CAR, ADV): the mean
-loss value, the mean L2 norm of its *weighted* gradient over all student parameters, and the
-ratio of that norm to the segmentation gradient's (median and range over the batches). A ratio
-far above 1 means the term, not the segmentation loss, steers the student under Adam; an exact
-0 means the term sends no gradient (e.g. CAR on saturated, one-hot relations). Runs on CPU.
+the student's segmentation term and each enabled distillation term (CRR, CAR, ADV, KD, feature
+KD): the mean loss value, the mean L2 norm of its *weighted* gradient over all student
+parameters, and the ratio of that norm to the segmentation gradient's (median and range over
+the batches). A ratio far above 1 means the term, not the segmentation loss, steers the student
+under Adam; an exact 0 means the term sends no gradient (e.g. CAR on saturated, one-hot
+relations). Runs on CPU.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from rirn.training.nets import build_step_nets
 from rirn.training.steps import compute_losses
 
 #: The student's terms and the ``loss.weight`` key of each.
-TERMS = {"seg_s": "seg", "crr": "crr", "car": "car", "adv": "adv"}
+TERMS = {"seg_s": "seg", "crr": "crr", "car": "car", "adv": "adv", "kd": "kd", "feat": "feature"}
 
 
 def probe(run_dir: Path, checkpoint: str = "last.pt", batches: int = 6) -> dict[str, dict]:

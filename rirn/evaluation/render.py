@@ -9,7 +9,7 @@ inference mode, the post-processing and the empty-mask convention used.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from rirn.data.modalities import MODALITIES, PAPER_NAMES, subset_name
 from rirn.evaluation.tables import CONVENTION, SUMMARY_REGIONS, SummaryRow
@@ -59,6 +59,12 @@ def _md_table(rows: list[SummaryRow], metric: str, runs: bool) -> list[str]:
         cells = [*dots, label, *run, str(row.n or ""), *_cells(row, metric, _mean_std)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def markdown_table(head: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
+    """Lines of a Markdown table: a header row, a ``---`` row and one row per cell list."""
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
 
 
 def render_markdown(rows: list[SummaryRow], info: Mapping[str, str], title: str) -> str:

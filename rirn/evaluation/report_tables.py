@@ -3,12 +3,17 @@ T1ce), Table 6 (baseline vs RIRN per single modality), Table 7 (CRR class-centre
 and the 15-subset table (the layout of Tables 1-3).
 
 A run is placed in a table by *what it trains*, read from its resolved config: ``modality``,
-``loss.crr``, ``loss.mf``, ``loss.car``, ``loss.adv`` and ``loss.aggregation``
-(:class:`Variant`), never by its folder name. Every table row expects one variant
-(:class:`RowSpec`). A row matched by several runs (e.g. two seeds, or the same configuration
-trained by two experiments into one sweep folder) shows one line per run; a row matched by none
-stays in the table as *missing*. Other settings (data, epochs, weights, seed) do not tell rows
-apart.
+``loss.crr``, ``loss.mf``, ``loss.car``, ``loss.adv``, ``loss.aggregation`` and the
+knowledge-transfer switches ``loss.kd``, ``loss.feature`` (:class:`Variant`, in
+:mod:`rirn.evaluation.variants`), never by its folder name; a KD or feature-KD run matches no
+row of these tables (its table is :mod:`rirn.evaluation.method_table`'s). Every table row
+expects one variant (:class:`RowSpec`); a row matched by none stays in the table as *missing*.
+Other settings (data, epochs, weights, seed) do not tell rows apart. Runs of one row that
+differ only in ``seed`` (:attr:`RunResult.seed`) are grouped by
+:mod:`rirn.evaluation.seed_tables` when some row of Tables 4, 6 or 7 has two or more seeds: one
+line per row with mean ± std over seeds and paired deltas with 95% Student-t intervals.
+Otherwise (one seed) a row matched by several runs (e.g. the same configuration trained by two
+experiments into one sweep folder) shows one line per run, as built by :func:`table_rows`.
 
 Which tables a sweep supports (:func:`detect_tables`): a table is shown when some run matches
 one of its *defining* rows, the rows only its own experiment trains:
@@ -26,8 +31,9 @@ When no table has a defining run (e.g. only ``loss=baseline,rirn`` on T1ce), eve
 runs in at least two of its rows is shown, since a comparison needs two.
 
 Dice values are fractions, as in ``summary.csv``; Markdown prints percent like the paper. A
-row's delta is its mean Dice minus the mean Dice of its reference row (over that row's runs):
-the baseline in Tables 4 and 6, Avg in Table 7.
+row's delta (:func:`table_rows`) is its mean Dice minus the mean Dice of its reference row (over
+that row's runs): the baseline in Tables 4 and 6, Avg in Table 7. Grouped over seeds, the delta
+is paired by seed instead (see :mod:`rirn.evaluation.seed_tables`).
 """
 
 from __future__ import annotations
@@ -38,81 +44,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rirn.data.modalities import (
-    MODALITIES,
-    PAPER_NAMES,
-    all_subsets,
-    parse_modalities,
-    subset_mask,
-    subset_name,
-)
+from rirn.data.modalities import MODALITIES, PAPER_NAMES, all_subsets, subset_mask, subset_name
 from rirn.evaluation.tables import SUMMARY_REGIONS, Problem, SummaryRow, summarize
+from rirn.evaluation.variants import (  # noqa: F401 - re-exported: the report's public names
+    LOSS_CONFIGS,
+    RIRN_SWITCHES,
+    SWITCHES,
+    Variant,
+    make_variant,
+    train_overrides,
+    variant_of,
+)
 
-#: The loss switches of ``configs/loss/*.yaml``, in the column order of the paper's Table 4.
-SWITCHES: tuple[str, ...] = ("crr", "mf", "car", "adv")
 PAPER_SOURCE = "paper (BraTS 2018)"
 SWEEP_SOURCE = "this sweep"
 NO_RUN = "missing: no run in the sweep"
-
-
-@dataclass(frozen=True)
-class Variant:
-    """What a run trains, as far as the paper's tables tell runs apart.
-
-    Attributes:
-        subset: the student's modalities, canonical order.
-        switches: ``loss.crr``, ``loss.mf``, ``loss.car``, ``loss.adv``.
-        aggregation: ``loss.aggregation``; ``None`` when CRR is off, where it has no effect.
-    """
-
-    subset: tuple[str, ...]
-    switches: tuple[bool, ...]
-    aggregation: str | None
-
-
-def make_variant(modality, switches: Sequence, aggregation: str = "mean") -> Variant:
-    """A :class:`Variant` from a modality spelling, four switches and an aggregation."""
-    switches = tuple(bool(s) for s in switches)
-    return Variant(parse_modalities(modality), switches, aggregation if switches[0] else None)
-
-
-def variant_of(config: Mapping) -> Variant:
-    """The :class:`Variant` of a training config (``.hydra/config.yaml`` or a composed one).
-
-    Raises:
-        KeyError: the config has no ``modality`` or ``loss`` switches.
-        ConfigError: its ``modality`` is not a subset.
-    """
-    loss = config["loss"]
-    aggregation = str(loss.get("aggregation", "mean"))
-    return make_variant(config["modality"], [loss[k] for k in SWITCHES], aggregation)
-
-
-#: Switches -> the loss config of ``configs/loss/`` that sets them.
-LOSS_CONFIGS: dict[tuple[bool, ...], str] = {
-    (False, False, False, False): "baseline",
-    (True, False, False, False): "crr",
-    (True, True, False, False): "crr_mf",
-    (False, False, True, False): "car",
-    (True, True, True, False): "crr_mf_car",
-    (True, True, True, True): "rirn",
-}
-
-
-def train_overrides(variant: Variant) -> str:
-    """``python -m rirn.train`` overrides that train ``variant``, e.g.
-    ``modality=t1ce loss=rirn loss.aggregation=max``."""
-    loss = LOSS_CONFIGS.get(variant.switches)
-    if loss is None:
-        loss = "rirn " + " ".join(
-            f"loss.{k}={str(v).lower()}" for k, v in zip(SWITCHES, variant.switches, strict=True)
-        )
-    agg = (
-        f" loss.aggregation={variant.aggregation}"
-        if variant.aggregation not in (None, "mean")
-        else ""
-    )
-    return f"modality={subset_name(variant.subset)} loss={loss}{agg}"
 
 
 @dataclass(frozen=True)
@@ -199,14 +145,14 @@ def _ablation_table() -> TableSpec:
     rows = tuple(
         RowSpec(
             loss,
-            (*("✓" if s else "" for s in _SWITCHES_OF[loss]), label),
+            (*("✓" if s else "" for s in _SWITCHES_OF[loss][: len(RIRN_SWITCHES)]), label),
             make_variant("t1ce", _SWITCHES_OF[loss]),
             None if loss == "baseline" else "baseline",
             paper,
         )
         for loss, label, paper in _ABLATION
     )
-    columns = (*(s.upper() for s in SWITCHES), "Row")
+    columns = (*(s.upper() for s in RIRN_SWITCHES), "Row")
     title = "Table 4: loss ablation on T1ce"
     return TableSpec("ablation", "table4_ablation.csv", title, columns, rows, rows[1:-1])
 
@@ -279,11 +225,13 @@ class RunResult:
         variant: what it trains (``None`` when its config could not be read).
         summary: its student row of :func:`rirn.evaluation.tables.summarize` (``status`` says
             why there are no numbers).
+        seed: the config's top-level ``seed`` (``None`` when absent or unreadable).
     """
 
     name: str
     variant: Variant | None
     summary: SummaryRow
+    seed: int | None = None
 
 
 def row_runs(spec: RowSpec, runs: Iterable[RunResult]) -> list[RunResult]:
@@ -311,6 +259,7 @@ class ReportRow:
         dice: ``{region: (mean, std)}`` over :data:`SUMMARY_REGIONS`, fractions; ``{}`` without
             results.
         delta: ``{region: mean - reference mean}``; ``{}`` without a reference or results.
+        seed: the run's seed (``None`` for a paper or missing row, or a run without one).
     """
 
     spec: RowSpec
@@ -320,6 +269,7 @@ class ReportRow:
     n: int
     dice: dict[str, tuple[float, float]]
     delta: dict[str, float]
+    seed: int | None = None
 
 
 def _dice(row: SummaryRow) -> dict[str, tuple[float, float]]:
@@ -354,9 +304,8 @@ def table_rows(table: TableSpec, runs: Sequence[RunResult]) -> list[ReportRow]:
         for r in matched:
             dice = _dice(r.summary)
             delta = _delta(dice, reference)
-            out.append(
-                ReportRow(spec, SWEEP_SOURCE, r.name, r.summary.status, r.summary.n, dice, delta)
-            )
+            status, n = r.summary.status, r.summary.n
+            out.append(ReportRow(spec, SWEEP_SOURCE, r.name, status, n, dice, delta, r.seed))
     return out
 
 

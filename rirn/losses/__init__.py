@@ -10,7 +10,13 @@ Eq. 2-5        :func:`crr_loss` (``region_masks``,         :mod:`rirn.losses.crr
 Eq. 6-7        :func:`relation`, :func:`car_loss`         :mod:`rirn.losses.car`
 Eq. 8          :func:`discriminator_loss`,                :mod:`rirn.losses.adv`
                :func:`adversarial_loss`
+baseline       :func:`kd_loss` (logit KD, ``loss.kd``)     :mod:`rirn.losses.kd`
+baseline       :func:`feature_loss` (feature KD,          :mod:`rirn.losses.feature`
+               ``loss.feature``)
 =============  =========================================  ================================
+
+The two baselines are not in the paper: they are the plain knowledge-transfer losses that RIRN's
+relation terms are compared against (``configs/experiment/kd_comparison.yaml``).
 
 All losses return float32 scalars (float64 for float64 inputs) and work with autocast on;
 teacher inputs never receive a gradient. See ``docs/method.md`` for the reading of the paper.
@@ -35,15 +41,21 @@ from rirn.losses.dice import (
     dice_loss,
     segmentation_loss,
 )
+from rirn.losses.feature import FEATURE_NORM_EPS, FeatureLoss, feature_loss, standardize_channels
+from rirn.losses.kd import DEFAULT_KD_TEMPERATURE, KDLoss, kd_loss
 
 __all__ = [
     "AGGREGATIONS",
     "DEFAULT_CAR_CHUNK",
     "DEFAULT_DICE_EPS",
+    "DEFAULT_KD_TEMPERATURE",
+    "FEATURE_NORM_EPS",
     "CARLoss",
     "CRRLoss",
     "SEG_LOSSES",
     "DiceLoss",
+    "FeatureLoss",
+    "KDLoss",
     "bce_loss",
     "dice_bce_loss",
     "adversarial_loss",
@@ -51,9 +63,12 @@ __all__ = [
     "crr_loss",
     "dice_loss",
     "discriminator_loss",
+    "feature_loss",
+    "kd_loss",
     "region_centres",
     "segmentation_loss",
     "region_masks",
     "region_relation",
     "relation",
+    "standardize_channels",
 ]

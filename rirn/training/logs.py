@@ -76,7 +76,8 @@ def summary_line(
     """One log line per epoch; ``scoring`` says how validation predicted (e.g. "sliding window
     32x32x32, overlap 0.5, Gaussian weights, threshold 0.5")."""
     parts = [f"epoch {epoch}/{max_epochs}", f"loss {train['total']:.4f}"]
-    parts += [f"{k} {train[k]:.4f}" for k in ("seg_s", "crr", "car", "adv") if train.get(k)]
+    terms = ("seg_s", "crr", "car", "adv", "kd", "feat")
+    parts += [f"{k} {train[k]:.4f}" for k in terms if train.get(k)]
     if val:
         for who in ("student", "teacher"):
             dices = "/".join(f"{val[f'{who}/{r}']:.3f}" for r in REGIONS)

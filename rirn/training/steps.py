@@ -18,12 +18,18 @@ from rirn.losses import (
     car_loss,
     crr_loss,
     discriminator_loss,
+    feature_loss,
+    kd_loss,
     segmentation_loss,
 )
 
 #: Loss terms in the order they are logged; ``total`` is the student+teacher objective.
-#: ``seg_t``/``seg_s``: the segmentation loss (``loss.seg``) of teacher and student.
-TERMS: tuple[str, ...] = ("total", "seg_t", "seg_s", "crr", "car", "adv", "disc")
+#: ``seg_t``/``seg_s``: the segmentation loss (``loss.seg``) of teacher and student; ``kd`` and
+#: ``feat``: the knowledge-transfer baselines (``loss.kd``, ``loss.feature``).
+TERMS: tuple[str, ...] = ("total", "seg_t", "seg_s", "crr", "car", "adv", "kd", "feat", "disc")
+#: The ``loss.*`` switches of the terms that read the teacher: all off = the segmentation-only
+#: baseline (e.g. the throwaway student of a teacher run, rirn.training.provision).
+DISTILLATION_SWITCHES: tuple[str, ...] = ("crr", "mf", "car", "adv", "kd", "feature")
 
 
 @dataclass
@@ -67,7 +73,7 @@ def compute_losses(
         target: ``(B, 3, *S)`` float {0, 1}, WT/TC/ET.
         student_channels: indices of the student's modalities in ``image`` (a list, or an
             int64 tensor on the device to keep the step free of host syncs).
-        distill_scale: factor on the CRR/CAR/ADV weights (the ramp-up of
+        distill_scale: factor on the CRR/CAR/ADV/KD/feature weights (the ramp-up of
             :func:`distill_scale`); the logged terms are unscaled.
 
     Returns:
@@ -85,6 +91,8 @@ def compute_losses(
         "crr": zero,
         "car": zero,
         "adv": zero,
+        "kd": zero,
+        "feat": zero,
     }
     if not (nets.teacher_trainable or uses_teacher(loss_cfg)):
         # A frozen teacher that no term reads: the baseline of a two-stage benchmark.
@@ -120,17 +128,30 @@ def compute_losses(
     if loss_cfg.adv and distil and nets.discriminator is not None:
         # The plain module: the student's adversarial term must not run DDP's gradient hooks of D.
         terms["adv"] = adversarial_loss(unwrap_ddp(nets.discriminator), probs_s)
-    terms["total"] = (
-        terms["seg_t"]
-        + w.seg * terms["seg_s"]
-        + distill_scale * (w.crr * terms["crr"] + w.car * terms["car"] + w.adv * terms["adv"])
-    )
+    # .get: configs of runs from before the baselines existed have neither switch.
+    if loss_cfg.get("kd", False) and distil:
+        terms["kd"] = kd_loss(out_s.logits, out_t.logits, float(loss_cfg.kd_temperature))
+    if loss_cfg.get("feature", False) and distil:
+        terms["feat"] = feature_loss(
+            out_s.features, out_t.features, normalize=bool(loss_cfg.feature_norm)
+        )
+    distilled = w.crr * terms["crr"] + w.car * terms["car"] + w.adv * terms["adv"]
+    # Only then: an old config has no weight.kd, and the RIRN total stays bit for bit as it was.
+    if loss_cfg.get("kd", False) or loss_cfg.get("feature", False):
+        distilled = distilled + w.kd * terms["kd"] + w.feature * terms["feat"]
+    terms["total"] = terms["seg_t"] + w.seg * terms["seg_s"] + distill_scale * distilled
     return terms, probs_t, probs_s
 
 
 def uses_teacher(loss_cfg) -> bool:
-    """Whether any student term reads the teacher (CRR, CAR or ADV is on)."""
-    return bool(loss_cfg.crr or loss_cfg.car or loss_cfg.adv)
+    """Whether any student term reads the teacher (CRR, CAR, ADV, KD or feature KD is on)."""
+    return bool(
+        loss_cfg.crr
+        or loss_cfg.car
+        or loss_cfg.adv
+        or loss_cfg.get("kd", False)
+        or loss_cfg.get("feature", False)
+    )
 
 
 def train_step(
