@@ -24,9 +24,11 @@ log = logging.getLogger("rirn.train")
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate ``cfg``, prepare data and train; returns the last epoch's history row."""
     from rirn.training.distributed import barrier, cleanup, init_distributed
+    from rirn.training.provision import ensure_teacher
     from rirn.training.setup import check_config
 
     settings = check_config(cfg, run_dir)  # every config error surfaces here, before heavy work
+    ensure_teacher(cfg)  # a shared teacher a sweep trains once (teacher.train_if_missing)
     dist = init_distributed(settings.device.type)
     if dist.enabled and settings.device.type == "cuda":
         settings = dataclasses.replace(settings, device=torch.device("cuda", dist.local_rank))

@@ -21,8 +21,9 @@ from rirn.models import build_unet
 CHECKPOINT_NAMES: tuple[str, ...] = ("best.pt", "last.pt")
 #: Keys every rirn checkpoint has and evaluation needs.
 REQUIRED_KEYS: tuple[str, ...] = ("student", "config", "modalities")
-#: Folders of a sweep that are never run folders (outputs of rirn itself, Hydra, TensorBoard).
-_NOT_RUNS = {".hydra", "checkpoints", "tb", "figures", "predictions"}
+#: Folders of a sweep that are never run folders (outputs of rirn itself, Hydra, TensorBoard,
+#: the shared teachers of a two-stage sweep: configs/experiment/distill_benchmark.yaml).
+_NOT_RUNS = {".hydra", "checkpoints", "tb", "figures", "predictions", "teachers"}
 
 
 def find_checkpoint(run_dir: str | Path, prefer: str = "best") -> Path | None:

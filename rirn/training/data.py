@@ -83,23 +83,26 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
     source = CacheSource(cache_dir)
     split_path = run_dir / "split.json"
     teacher_ckpt = cfg.teacher.checkpoint
-    from_teacher = teacher_split(teacher_ckpt) if teacher_ckpt else None
     if cfg.resume and split_path.is_file():
-        split = read_split(split_path, source.case_ids)  # a resumed run keeps its own split
-    elif data_cfg.split_file:
-        split = read_split(Path(str(data_cfg.split_file)).expanduser(), source.case_ids)
-    elif from_teacher is not None:
-        # A student of a trained teacher validates on cases that teacher never saw.
-        split = validate_split(from_teacher, source.case_ids, where=f"split of {teacher_ckpt}")
+        # A resumed run keeps its own split, checked against its teacher when it started.
+        split = read_split(split_path, source.case_ids)
     else:
-        split = make_split(
-            source.case_ids,
-            seed=int(data_cfg.split_seed),
-            val_fraction=float(data_cfg.val_fraction),
-        )
-    check_teacher_split(
-        teacher_ckpt, from_teacher, split, bool(cfg.teacher.get("allow_split_mismatch", False))
-    )
+        allow = bool(cfg.teacher.get("allow_split_mismatch", False))
+        # An explicit split that may overlap the teacher's needs nothing from the checkpoint.
+        needed = teacher_ckpt and not (data_cfg.split_file and allow)
+        from_teacher = teacher_split(teacher_ckpt) if needed else None
+        if data_cfg.split_file:
+            split = read_split(Path(str(data_cfg.split_file)).expanduser(), source.case_ids)
+        elif from_teacher is not None:
+            # A student of a trained teacher validates on cases that teacher never saw.
+            split = validate_split(from_teacher, source.case_ids, where=f"split of {teacher_ckpt}")
+        else:
+            split = make_split(
+                source.case_ids,
+                seed=int(data_cfg.split_seed),
+                val_fraction=float(data_cfg.val_fraction),
+            )
+        check_teacher_split(teacher_ckpt, from_teacher, split, allow)
     if dist.is_main:
         write_split(split_path, split)
     if dist.is_main:

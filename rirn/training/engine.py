@@ -53,6 +53,8 @@ class CoTrainer:
         self.device = settings.device
         self.student_channels = channel_indices(settings.modalities)
         self.student_index = torch.tensor(self.student_channels, device=self.device)
+        # Per validation case: (teacher Dice row, its masks or None) of a frozen teacher.
+        self._frozen_teacher: dict[int, tuple[dict, np.ndarray | None]] = {}
         self.max_epochs = int(cfg.trainer.max_epochs)
         self.ckpt_dir = run_dir / "checkpoints"
         self.epoch, self.best_metric, self.history, self.global_step = 0, -math.inf, [], 0
@@ -263,7 +265,7 @@ class CoTrainer:
         sliding window of the training crop over the brain box, overlap 0.5, threshold 0.5),
         so the Dice that picks ``best.pt`` is the Dice the evaluation then reports;
         ``trainer.val_inference=center_crop`` scores the paper's single centre window."""
-        from rirn.evaluation.infer import InferenceSettings
+        from rirn.inference import InferenceSettings
 
         return InferenceSettings(
             mode=str(self.cfg.trainer.val_inference),
@@ -275,29 +277,45 @@ class CoTrainer:
     def validate(self) -> dict[str, float]:
         """Dice WT/TC/ET of student and teacher on this rank's share of the validation cases;
         results of all ranks are gathered so each case counts exactly once."""
-        from rirn.evaluation.infer import predict_probs
-        from rirn.inference import probs_to_regions
+        from rirn.inference import predict_probs, probs_to_regions
 
         teacher, student = unwrap(self.nets.teacher).eval(), unwrap(self.nets.student).eval()
         settings = self.val_settings()
+        # A frozen teacher scores the same every time: score it at the first validation only
+        # (half of a student-only run's validation time), keeping its masks for the picture.
+        frozen = not self.nets.teacher_trainable
         rows, picture = [], None
-        for item in self.data.val_items():
+        for k, item in enumerate(self.data.val_items()):
             image = torch.as_tensor(np.asarray(item["image"]))[None].to(self.device)
             target = np.asarray(item["target"]).astype(bool)
-            preds = {}
+            cached = self._frozen_teacher.get(k) if frozen else None
+            preds = {} if cached is None else {"teacher": cached[1]}
             for who, net, x in (
-                ("teacher", teacher, image),
+                ("teacher", None if cached else teacher, image),
                 ("student", student, image[:, self.student_channels]),
             ):
-                probs = predict_probs(net, x, settings)
-                preds[who] = probs_to_regions(probs.float().cpu().numpy(), settings.threshold)
-            rows.append(
-                {
-                    f"{who}/{r}": dice(preds[who][i], target[i])
-                    for who in preds
-                    for i, r in enumerate(REGIONS)
-                }
-            )
+                if net is not None:
+                    probs = predict_probs(net, x, settings)
+                    preds[who] = probs_to_regions(probs.float().cpu().numpy(), settings.threshold)
+            row = {} if cached is None else dict(cached[0])
+            for who in preds:
+                if who == "student" or cached is None:
+                    row.update(
+                        {
+                            f"{who}/{r}": dice(preds[who][i], target[i])
+                            for i, r in enumerate(REGIONS)
+                        }
+                    )
+            if frozen and cached is None:
+                picture_case = (
+                    picture is None
+                    and self.dist.is_main
+                    and self.cfg.logger.log_images
+                    and target[0].any()
+                )
+                teacher_row = {key: v for key, v in row.items() if key.startswith("teacher/")}
+                self._frozen_teacher[k] = (teacher_row, preds["teacher"] if picture_case else None)
+            rows.append(row)
             if (
                 picture is None
                 and self.dist.is_main

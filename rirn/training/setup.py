@@ -102,6 +102,8 @@ def check_loss(loss_cfg) -> None:
         )
     if not 0.0 <= float(loss_cfg.threshold) <= 1.0:
         raise ConfigError(f"loss.threshold={loss_cfg.threshold} must be in [0, 1]")
+    if not float(loss_cfg.get("kd_temperature", 1.0)) > 0:
+        raise ConfigError(f"loss.kd_temperature={loss_cfg.kd_temperature} must be > 0")
 
 
 def check_teacher(cfg: DictConfig) -> None:
@@ -113,7 +115,14 @@ def check_teacher(cfg: DictConfig) -> None:
             )
         return
     if not Path(str(path)).expanduser().is_file():
-        raise ConfigError(f"teacher.checkpoint={path} does not exist")
+        if cfg.teacher.get("train_if_missing"):
+            from rirn.training.provision import teacher_run_dir
+
+            teacher_run_dir(path)  # trained before the data is prepared (rirn.train.run)
+            return
+        raise ConfigError(
+            f"teacher.checkpoint={path} does not exist (teacher.train_if_missing=true trains it)"
+        )
     # Match it against the configured model now, before data preparation (can take minutes).
     from rirn.models import build_unet
 
@@ -135,10 +144,31 @@ def teacher_state_dict(path: str | Path) -> dict:
 
 def teacher_split(path: str | Path) -> dict | None:
     """The train/val split recorded in a rirn checkpoint (``None``: a bare state dict, or a
-    checkpoint from before splits were recorded)."""
-    obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
+    checkpoint from before splits were recorded).
+
+    Memory-mapped: only the small ``split`` entry is read, not the weights and optimiser state.
+
+    Raises:
+        ConfigError: the recorded split is not ``{"train": [ids], "val": [ids]}``.
+    """
+    try:
+        obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
+        obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
     split = obj.get("split") if isinstance(obj, dict) else None
-    return split if isinstance(split, dict) else None
+    if split is None:
+        return None
+    if not (
+        isinstance(split, dict)
+        and all(isinstance(split.get(k), list) for k in ("train", "val"))
+        and all(isinstance(c, str) for k in ("train", "val") for c in split[k])
+    ):
+        raise ConfigError(
+            f"teacher.checkpoint={path} records a malformed split (need lists of case ids "
+            "under 'train' and 'val'); set data.split_file=FILE and "
+            "teacher.allow_split_mismatch=true"
+        )
+    return split
 
 
 def check_teacher_split(path, teacher: dict | None, split: dict, allow: bool) -> None:

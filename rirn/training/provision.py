@@ -1,0 +1,187 @@
+"""Train a missing teacher once, for the students that share it (``teacher.train_if_missing``).
+
+A two-stage benchmark (``configs/experiment/distill_benchmark.yaml``) trains, per seed, one
+full-modality teacher and then several students against it, frozen, so that a baseline student
+and a RIRN student differ only in the distillation terms. Each student job names the teacher
+checkpoint it wants (``teacher.checkpoint=<dir>/checkpoints/last.pt``); the first job that finds
+it missing trains it, in-process, into ``<dir>``, and the others wait. That works the same under
+Hydra's sequential launcher and under a Slurm launcher where the jobs of one seed start together:
+a lock file in ``<dir>`` says who trains, a ``.done`` marker says the teacher is finished (a
+``last.pt`` alone may be a half-trained teacher of a job that crashed; the next job resumes it).
+
+The teacher run is an ordinary ``python -m rirn.train`` run of the same config with the
+distillation terms off (its student is a throwaway baseline and the teacher trains as in
+co-training), the student modality set to all four, and ``teacher.train_config`` merged on
+top (e.g. more epochs for the teacher than for its students).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from rirn.errors import ConfigError
+from rirn.training.steps import DISTILLATION_SWITCHES
+
+log = logging.getLogger("rirn.train")
+
+#: File in the teacher's run directory that marks a finished teacher.
+DONE = ".done"
+#: File in the teacher's run directory held by the job that trains it.
+LOCK = ".train.lock"
+
+
+def teacher_run_dir(checkpoint: str | Path) -> Path:
+    """The run directory a missing teacher is trained into: ``<dir>`` of
+    ``<dir>/checkpoints/last.pt`` (the teacher of a run's last epoch, not ``best.pt``, which is
+    the best *student*).
+
+    Raises:
+        ConfigError: ``checkpoint`` is not of that form.
+    """
+    path = Path(str(checkpoint)).expanduser()
+    if path.name != "last.pt" or path.parent.name != "checkpoints":
+        raise ConfigError(
+            f"teacher.train_if_missing=true needs teacher.checkpoint=<dir>/checkpoints/last.pt "
+            f"(where the teacher is trained); got {checkpoint}"
+        )
+    return path.parent.parent
+
+
+def teacher_ready(checkpoint: str | Path) -> bool:
+    """Whether ``checkpoint`` can be used as it is: it exists and, if :func:`ensure_teacher`
+    made its run directory (``teacher.yaml`` there), that run finished (``.done``)."""
+    path = Path(str(checkpoint)).expanduser()
+    run_dir = path.parent.parent
+    provisioned = (run_dir / "teacher.yaml").is_file()
+    return path.is_file() and (not provisioned or (run_dir / DONE).is_file())
+
+
+def teacher_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """The training config of the teacher of ``cfg``: the same config with the distillation
+    terms off, all four modalities for the (unused) student, no loaded teacher, resuming when
+    ``run_dir`` holds an unfinished run, and ``teacher.train_config`` merged.
+
+    Raises:
+        ConfigError: a ``teacher.train_config`` key that the training config does not have.
+    """
+    base = OmegaConf.to_container(cfg, resolve=True)
+    t = OmegaConf.create(base)
+    for key in DISTILLATION_SWITCHES:
+        t.loss[key] = False
+    t.modality = "all"
+    t.teacher.checkpoint = None
+    t.teacher.freeze = False
+    t.teacher.train_if_missing = False
+    t.teacher.train_config = {}
+    t.resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    extra = cfg.teacher.get("train_config")
+    extra = OmegaConf.to_container(extra, resolve=True) if extra is not None else {}
+    unknown = [k for k in _leaves(extra) if OmegaConf.select(t, k, default=_MISSING) is _MISSING]
+    if unknown:
+        raise ConfigError(
+            f"teacher.train_config.{unknown[0]} is not a training setting (config key {unknown[0]})"
+        )
+    return OmegaConf.merge(t, extra)
+
+
+_MISSING = object()
+
+
+def _leaves(tree: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaves of a nested dict, e.g. ``["trainer.max_epochs"]``."""
+    out = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        out += _leaves(value, path + ".") if isinstance(value, dict) and value else [path]
+    return out
+
+
+def _acquire(lock: Path) -> bool:
+    """Create ``lock`` exclusively (True), or find it held by a live job (False). A lock whose
+    job died on this host is removed and taken over."""
+    owner = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not _stale(lock):
+                return False
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(owner)
+        return True
+    return False
+
+
+def _stale(lock: Path) -> bool:
+    """Whether ``lock`` belongs to a process of this host that no longer runs (a lock of
+    another host is trusted: its job may be alive)."""
+    try:
+        host, pid = lock.read_text().split()
+    except (OSError, ValueError):
+        return False  # being written right now, or unreadable: wait
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
+def ensure_teacher(cfg: DictConfig, poll_s: float = 10.0) -> None:
+    """Make ``cfg.teacher.checkpoint`` exist when ``cfg.teacher.train_if_missing`` is set:
+    train it (see the module docstring) or wait for the job that does. No-op otherwise.
+
+    Raises:
+        ConfigError: the checkpoint path is not ``<dir>/checkpoints/last.pt``, or this is a
+            multi-process (torchrun) job, which cannot train a teacher on the side.
+    """
+    if not cfg.teacher.get("train_if_missing") or not cfg.teacher.checkpoint:
+        return
+    checkpoint = cfg.teacher.checkpoint
+    run_dir = teacher_run_dir(checkpoint)
+    if teacher_ready(checkpoint):
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun
+        raise ConfigError(
+            f"teacher.checkpoint={checkpoint} is missing and teacher.train_if_missing=true "
+            "cannot train it inside a multi-process job; train it first with one process "
+            f"(the same command with hydra.run.dir={run_dir} modality=all loss=baseline) "
+            "or start this job without torchrun"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock, waited = run_dir / LOCK, False
+    while not (run_dir / DONE).is_file():
+        if _acquire(lock):
+            try:
+                if not (run_dir / DONE).is_file():
+                    _train(cfg, run_dir)
+            finally:
+                lock.unlink(missing_ok=True)
+        else:
+            if not waited:
+                log.info(f"waiting for the teacher another job trains in {run_dir}")
+                waited = True
+            time.sleep(poll_s)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> None:
+    from rirn.train import run
+
+    tcfg = teacher_config(cfg, run_dir)
+    OmegaConf.save(tcfg, run_dir / "teacher.yaml")
+    how = "resuming" if tcfg.resume else "training"
+    log.info(f"{how} the shared teacher (seed {tcfg.seed}) in {run_dir}")
+    run(tcfg, run_dir)
+    (run_dir / DONE).write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    log.info(f"teacher ready: {run_dir / 'checkpoints' / 'last.pt'}")
