@@ -39,7 +39,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rirn.bench.common import log, machine_info
-from rirn.bench.report import TRAINING_STEPS, markdown, targets
+from rirn.bench.targets import TRAINING_STEPS, markdown, targets
 from rirn.config import CONFIG_DIR
 from rirn.errors import ConfigError
 from rirn.training.steps import TERMS

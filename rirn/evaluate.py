@@ -39,7 +39,7 @@ from rirn.evaluation.runs import (
     require_checkpoint,
 )
 from rirn.evaluation.settings import amp_dtype, inference_settings, resolve_device
-from rirn.evaluation.tables import Problem
+from rirn.evaluation.summary import Problem
 from rirn.inference import InferenceSettings
 
 INPUTS: tuple[str, ...] = ("run_dir", "checkpoint", "sweep_dir")

@@ -80,7 +80,7 @@ from rirn.evaluation.seed_tables import (
     seed_markdown,
     seed_rows,
 )
-from rirn.evaluation.tables import (
+from rirn.evaluation.summary import (
     SUMMARY_REGIONS,
     Problem,
     SummaryRow,

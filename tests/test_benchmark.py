@@ -12,7 +12,6 @@ import torch
 from rirn.bench.car import naive_car_loss, time_car
 from rirn.bench.common import StepClock, fail_soft, summarize
 from rirn.bench.nets import make_batch
-from rirn.bench.report import markdown, targets
 from rirn.bench.step import (
     REFERENCE,
     StepSetup,
@@ -22,6 +21,7 @@ from rirn.bench.step import (
     skip_reason,
     step_section,
 )
+from rirn.bench.targets import markdown, targets
 from rirn.benchmark import SECTIONS, resolve_config
 from rirn.errors import ConfigError
 from rirn.losses import car_loss

@@ -20,7 +20,7 @@ from rirn.data.modalities import MODALITIES, all_subsets, subset_mask, subset_na
 from rirn.errors import ConfigError, DataError
 from rirn.evaluate import run as evaluate
 from rirn.evaluation.runs import find_runs, open_checkpoint
-from rirn.evaluation.tables import (
+from rirn.evaluation.summary import (
     PER_CASE_COLUMNS,
     Problem,
     read_per_case_csv,

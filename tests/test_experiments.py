@@ -30,7 +30,7 @@ from rirn.evaluation.report_tables import (
     table_rows,
     variant_of,
 )
-from rirn.evaluation.tables import SummaryRow, read_per_case_csv
+from rirn.evaluation.summary import SummaryRow, read_per_case_csv
 from rirn.labels import REGIONS
 from rirn.report import run as report
 from rirn.report import write_table

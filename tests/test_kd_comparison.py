@@ -23,7 +23,7 @@ from rirn.errors import ConfigError
 from rirn.evaluation import method_table
 from rirn.evaluation.report_tables import TABLES, RunResult, row_runs
 from rirn.evaluation.seed_tables import SEEDS_SOURCE
-from rirn.evaluation.tables import SummaryRow
+from rirn.evaluation.summary import SummaryRow
 from rirn.evaluation.variants import loss_overrides, make_variant, train_overrides, variant_of
 from rirn.report import detect_report_tables, parse_tables
 from rirn.training.setup import check_config

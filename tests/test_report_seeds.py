@@ -37,7 +37,7 @@ from rirn.evaluation.seeds import (
     seed_means,
     t_interval,
 )
-from rirn.evaluation.tables import SummaryRow
+from rirn.evaluation.summary import SummaryRow
 from rirn.report import _lists, read_run_config, table_markdown, write_table
 
 ABLATION, UNIMODAL, AGGREGATION = TABLES[0], TABLES[1], TABLES[2]
@@ -58,7 +58,7 @@ def _run(
     n: int = 20,
 ) -> RunResult:
     """A run whose student has mean Dice ``dice`` (one number for every region, or WT, TC, ET,
-    AVG) over ``n`` cases; ``stats`` keyed as :func:`rirn.evaluation.tables.summarize` keys
+    AVG) over ``n`` cases; ``stats`` keyed as :func:`rirn.evaluation.summary.summarize` keys
     them, ``(metric, region) -> (mean, std over cases)``."""
     dice = (dice,) * 4 if isinstance(dice, float) else tuple(dice)
     stats = {("dice", reg): (d, 0.1) for reg, d in zip(REGIONS4, dice, strict=True)}

@@ -7,5 +7,5 @@
 * :mod:`rirn.bench.loader` — ``TrainDataset`` + ``DataLoader`` crops/s (cache vs NIfTI);
 * :mod:`rirn.bench.inference_time` — time per case of :func:`rirn.inference.predict_probs`;
 * :mod:`rirn.bench.car` — CAR loss, chunked vs naive;
-* :mod:`rirn.bench.report` — targets and the Markdown table.
+* :mod:`rirn.bench.targets` — targets and the Markdown table.
 """

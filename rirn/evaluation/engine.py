@@ -11,7 +11,7 @@ and full space (outside the box both masks are empty); specificity counts the wh
 BraTS does.
 
 Result files in the output folder: ``per_case.csv``, ``summary.csv``, ``summary.md``,
-``summary.tex`` (:mod:`rirn.evaluation.tables`, :mod:`rirn.evaluation.render`), optional
+``summary.tex`` (:mod:`rirn.evaluation.summary`, :mod:`rirn.evaluation.render`), optional
 ``figures/`` and ``evaluation.json``: the record of what was evaluated (checkpoint size and
 time, cases, cache, inference settings), written last. A later evaluation with ``reuse=true``
 and an identical record reads ``per_case.csv`` back instead of predicting again.
@@ -36,7 +36,7 @@ from rirn.evaluation.data import EvalData
 from rirn.evaluation.figures import write_case_figure
 from rirn.evaluation.render import render_latex, render_markdown
 from rirn.evaluation.runs import LoadedCheckpoint
-from rirn.evaluation.tables import (
+from rirn.evaluation.summary import (
     Problem,
     case_rows,
     read_per_case_csv,
@@ -120,7 +120,7 @@ def evaluate_checkpoint(
         figures_dir: where the first ``options.figures`` cases are drawn (``None``: nowhere).
 
     Returns:
-        Per-case rows (:func:`rirn.evaluation.tables.case_rows`): for each case, the student's
+        Per-case rows (:func:`rirn.evaluation.summary.case_rows`): for each case, the student's
         three regions, then the teacher's.
     """
     nets = {"student": ckpt.network("student", options.device)}

@@ -1,6 +1,6 @@
 """The summary as Markdown (``summary.md``) and LaTeX (``summary.tex``).
 
-Both show the rows of :func:`rirn.evaluation.tables.summarize` in the layout of the paper's
+Both show the rows of :func:`rirn.evaluation.summary.summarize` in the layout of the paper's
 Tables 1-3: the ``•``/``◦`` modality marks in Fl, T1, T1c, T2 columns, then WT, TC, ET and AVG.
 Dice is printed in percent (as the paper), HD95 in mm. The header states the data, the
 inference mode, the post-processing and the empty-mask convention used.
@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from rirn.data.modalities import MODALITIES, PAPER_NAMES, subset_name
-from rirn.evaluation.tables import CONVENTION, SUMMARY_REGIONS, SummaryRow
+from rirn.evaluation.summary import CONVENTION, SUMMARY_REGIONS, SummaryRow
 
 _TITLES = {"dice": "Dice (%)", "hd95": "HD95 (mm)"}
 _SCALE = {"dice": 100.0, "hd95": 1.0}

@@ -44,7 +44,7 @@ from rirn.data.modalities import subset_name
 from rirn.evaluation.report_tables import SWITCHES, ReportRow, TableSpec
 from rirn.evaluation.seed_tables import SEEDS_SOURCE, SeedRow
 from rirn.evaluation.seeds import format_seeds
-from rirn.evaluation.tables import SUMMARY_REGIONS
+from rirn.evaluation.summary import SUMMARY_REGIONS
 
 #: The columns of the seed statistics, after the per-run columns (module docstring).
 SEED_COLUMNS: tuple[str, ...] = (

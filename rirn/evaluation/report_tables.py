@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rirn.data.modalities import MODALITIES, PAPER_NAMES, all_subsets, subset_mask, subset_name
-from rirn.evaluation.tables import SUMMARY_REGIONS, Problem, SummaryRow, summarize
+from rirn.evaluation.summary import SUMMARY_REGIONS, Problem, SummaryRow, summarize
 from rirn.evaluation.variants import (  # noqa: F401 - re-exported: the report's public names
     LOSS_CONFIGS,
     RIRN_SWITCHES,
@@ -223,7 +223,7 @@ class RunResult:
     Attributes:
         name: the run folder relative to the sweep folder.
         variant: what it trains (``None`` when its config could not be read).
-        summary: its student row of :func:`rirn.evaluation.tables.summarize` (``status`` says
+        summary: its student row of :func:`rirn.evaluation.summary.summarize` (``status`` says
             why there are no numbers).
         seed: the config's top-level ``seed`` (``None`` when absent or unreadable).
     """
@@ -328,7 +328,7 @@ def paper_rows(table: TableSpec) -> list[ReportRow]:
 
 
 def subset_summary(table: TableSpec, runs: Sequence[RunResult], per_case: Iterable[Mapping]):
-    """Summary rows (:func:`rirn.evaluation.tables.summarize`) of the subset table's runs, with
+    """Summary rows (:func:`rirn.evaluation.summary.summarize`) of the subset table's runs, with
     a missing row, named after its training overrides, for each subset without a run."""
     names = {r.name for spec in table.rows for r in row_runs(spec, runs)}
     problems = [

@@ -46,7 +46,7 @@ from rirn.evaluation.seeds import (
     seed_means,
     t_interval,
 )
-from rirn.evaluation.tables import SUMMARY_REGIONS
+from rirn.evaluation.summary import SUMMARY_REGIONS
 
 SEEDS_SOURCE = "this sweep (mean over seeds)"
 CONFIDENCE = 0.95

@@ -21,7 +21,7 @@ tables of ``python -m rirn.evaluate`` (``per_case.csv``, the summary rows, ``sum
 :mod:`rirn.evaluation.render` prints that summary as ``summary.md``/``summary.tex``. The paper's
 comparison tables of ``python -m rirn.report`` (Tables 4, 6, 7, the 15 subsets, seeds, KD) are
 :mod:`rirn.evaluation.report_tables` and its helpers, which read rows made here. Benchmark
-results are :mod:`rirn.bench.report`; ``predictions.csv`` is
+results are :mod:`rirn.bench.targets`; ``predictions.csv`` is
 :mod:`rirn.evaluation.bundle_predict`.
 """
 

@@ -6,7 +6,7 @@ step rate, and at most 1 s of sliding-window inference per 240x240x155 case. Fla
 CUDA runs only (``pass: null`` elsewhere: a CPU says nothing about them).
 
 This module owns the benchmark's table only (``python -m rirn.benchmark``: speed, memory,
-targets), not a Dice table: segmentation tables are :mod:`rirn.evaluation.tables`
+targets), not a Dice table: segmentation tables are :mod:`rirn.evaluation.summary`
 (``python -m rirn.evaluate``) and :mod:`rirn.evaluation.report_tables` (``python -m
 rirn.report``); docs/architecture.md has the map of which module owns which table.
 """
