@@ -50,8 +50,8 @@ import torch
 from rirn import __version__
 from rirn.data.modalities import MODALITIES, all_subsets, parse_modalities, subset_name
 from rirn.errors import ConfigError, DataError, RirnError
+from rirn.evaluation.runs import build_network
 from rirn.labels import REGIONS
-from rirn.models import build_unet
 
 FORMAT = "rirn-bundle"
 FORMAT_VERSION = 1
@@ -314,15 +314,8 @@ class BundleModel:
         if hashlib.sha256(data).hexdigest() != self.sha256:
             raise DataError(_tampered(self.weights))
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        net = build_unet(self.entry["model"], len(self.subset))
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise DataError(
-                f"{self.weights}: weights do not fit the model config ({first})"
-            ) from None
-        return net.to(torch.device(device)).eval()
+        what = f"{self.weights}: weights"
+        return build_network(self.entry["model"], len(self.subset), state, what, device)
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,9 @@ from rirn.evaluation.report_tables import RowSpec, RunResult, TableSpec
 from rirn.evaluation.seed_tables import (
     CONFIDENCE,
     SeedRow,
-    _interval,
-    _mean_std_cell,
+    duplicate_lines,
+    interval_cell,
+    mean_std_cell,
     paired_run_rows,
     pooled,
     seed_rows,
@@ -214,7 +215,7 @@ def dice_markdown(table: TableSpec, rows: Sequence[SeedRow]) -> list[str]:
                 if not r.dice:
                     text[key] = r.status.split(":")[0]
                     continue
-                text[key] = _mean_std_cell(*r.dice[reg])
+                text[key] = mean_std_cell(*r.dice[reg])
                 if list(r.seeds) != seeds:
                     text[key] += f" (seeds {format_seeds(r.seeds)})"
                 means[key] = r.dice[reg][0]
@@ -249,7 +250,7 @@ def delta_markdown(table: TableSpec, rows: Sequence[SeedRow]) -> list[str]:
     for by_method in grid.values():
         marks = next(iter(by_method.values())).spec.cells[:-1]
         cells = [
-            _interval(*by_method[k].delta[reg], len(by_method[k].pairs))
+            interval_cell(*by_method[k].delta[reg], len(by_method[k].pairs))
             if by_method[k].delta
             else ""
             for k, _ in methods
@@ -260,7 +261,7 @@ def delta_markdown(table: TableSpec, rows: Sequence[SeedRow]) -> list[str]:
     for key, _ in methods:
         for reg in REGIONS:
             deltas = [p[reg] for m in grid.values() for p in m[key].pairs.values()]
-            summary = _interval(*t_interval(deltas, CONFIDENCE), len(deltas)) if deltas else ""
+            summary = interval_cell(*t_interval(deltas, CONFIDENCE), len(deltas)) if deltas else ""
             pooled_cells.append(summary)
     body.append(["Pooled", *[""] * (len(table.columns[:-1]) - 1), *pooled_cells])
     return markdown_table(head, body)
@@ -292,18 +293,12 @@ def method_markdown(table: TableSpec, rows: Sequence[SeedRow]) -> list[str]:
         if summary:
             lines.append(
                 f"- {label} vs Baseline: Δ AVG pooled over {summary.n} (subset, seed) pairs = "
-                f"{_interval(summary.mean, summary.half_width, summary.n)} Dice points; higher "
+                f"{interval_cell(summary.mean, summary.half_width, summary.n)} Dice points; higher "
                 f"mean AVG over seeds on {summary.wins} of {summary.compared} subsets."
             )
     trained = ", ".join(f"{label} = `loss={key}`" for key, label in _methods(table))
     lines += ["", f"Methods, told apart by their resolved configs: {trained}."]
-    duplicates = [
-        f"row `{r.spec.key}` seed {format_seeds([s])}: " + ", ".join(f"`{n}`" for n in names)
-        for r in rows
-        for s, names in r.duplicates.items()
-    ]
-    if duplicates:
-        lines += ["", "Several runs of one seed, averaged per seed first: " + "; ".join(duplicates)]
+    lines += duplicate_lines(rows)
     return lines
 
 

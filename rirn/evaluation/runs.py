@@ -184,15 +184,26 @@ class LoadedCheckpoint:
         if self.state.get(which) is None:
             raise DataError(f"checkpoint {self.path} has no {which} weights")
         channels = len(self.modalities) if which == "student" else len(MODALITIES)
-        net = build_unet(self.config["model"], channels)
-        try:
-            net.load_state_dict(self.state[which])
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise DataError(
-                f"checkpoint {self.path}: {which} weights do not fit its model config ({first})"
-            ) from None
-        return net.to(torch.device(device)).eval()
+        what = f"checkpoint {self.path}: {which} weights"
+        return build_network(self.config["model"], channels, self.state[which], what, device)
+
+
+def build_network(
+    model_cfg, in_channels: int, state: dict, what: str, device: torch.device | str = "cpu"
+) -> torch.nn.Module:
+    """A ``UNet3D`` of ``model_cfg`` with ``in_channels`` inputs and weights ``state``, on
+    ``device``, in eval mode (for checkpoints and bundles alike).
+
+    Raises:
+        DataError: the weights do not fit the model config (``what`` names them).
+    """
+    net = build_unet(model_cfg, in_channels)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise DataError(f"{what} do not fit the model config ({first})") from None
+    return net.to(torch.device(device)).eval()
 
 
 def open_checkpoint(path: str | Path) -> LoadedCheckpoint:

@@ -206,14 +206,27 @@ def _points(x: float) -> str:
     return f"{100 * x:+.2f}"
 
 
-def _interval(mean: float, half: float, n: int) -> str:
+def duplicate_lines(rows: Sequence[SeedRow]) -> list[str]:
+    """The note under a grouped table naming the runs of one row and seed that were averaged
+    (``[]`` when there are none)."""
+    duplicates = [
+        f"row `{r.spec.key}` seed {format_seeds([s])}: " + ", ".join(f"`{n}`" for n in names)
+        for r in rows
+        for s, names in r.duplicates.items()
+    ]
+    if not duplicates:
+        return []
+    return ["", "Several runs of one seed, averaged per seed first: " + "; ".join(duplicates)]
+
+
+def interval_cell(mean: float, half: float, n: int) -> str:
     """``+1.23 [-0.40, +2.86]`` in Dice points; one pair has no interval."""
     if n < 2 or math.isnan(half):
         return f"{_points(mean)} (n=1, no interval)"
     return f"{_points(mean)} [{_points(mean - half)}, {_points(mean + half)}]"
 
 
-def _mean_std_cell(mean: float, std: float) -> str:
+def mean_std_cell(mean: float, std: float) -> str:
     return f"{100 * mean:.2f}" if math.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
@@ -234,11 +247,11 @@ def seed_markdown(table: TableSpec, rows: Sequence[SeedRow]) -> list[str]:
     body = []
     for r in rows:
         if r.dice:
-            values = [_mean_std_cell(*r.dice[reg]) for reg in SUMMARY_REGIONS]
+            values = [mean_std_cell(*r.dice[reg]) for reg in SUMMARY_REGIONS]
         else:
             values = [r.status.split(":")[0]] * len(SUMMARY_REGIONS)
         deltas = [_points(r.delta[reg][0]) if r.delta else "" for reg in SUMMARY_REGIONS[:-1]]
-        avg = _interval(*r.delta["AVG"], len(r.pairs)) if r.delta else ""
+        avg = interval_cell(*r.delta["AVG"], len(r.pairs)) if r.delta else ""
         if r.delta and tuple(r.pairs) != r.seeds:
             avg += f" (seeds {format_seeds(r.pairs)})"
         body.append([*r.spec.cells, format_seeds(r.seeds), *values, *deltas, avg])
@@ -249,19 +262,13 @@ def seed_markdown(table: TableSpec, rows: Sequence[SeedRow]) -> list[str]:
         f"Δ = paired difference to {_reference_name(table)} over the seeds both have, in Dice "
         f"points, with its {CONFIDENCE:.0%} Student-t interval (n−1 dof).",
     ]
-    duplicates = [
-        f"row `{r.spec.key}` seed {format_seeds([s])}: " + ", ".join(f"`{n}`" for n in names)
-        for r in rows
-        for s, names in r.duplicates.items()
-    ]
-    if duplicates:
-        lines += ["", "Several runs of one seed, averaged per seed first: " + "; ".join(duplicates)]
+    lines += duplicate_lines(rows)
     summary = pooled(rows) if table.name == "unimodal" else None
     if summary:
         lines += [
             "",
             f"Pooled over all {summary.n} (modality, seed) pairs: Δ AVG = "
-            f"{_interval(summary.mean, summary.half_width, summary.n)} Dice points (mean, "
+            f"{interval_cell(summary.mean, summary.half_width, summary.n)} Dice points (mean, "
             f"{CONFIDENCE:.0%} Student-t interval, n = {summary.n}). RIRN beats the baseline on "
             f"{summary.wins} of {summary.compared} modalities (mean AVG over seeds).",
         ]
