@@ -8,9 +8,13 @@ student; from their non-local embeddings this prints, averaged over cases:
 * ``entropy``: mean row entropy divided by ``log N`` (1 = uniform, 0 = one-hot);
 * ``CAR``: :func:`rirn.losses.car_loss` between teacher and student (Eq. 7).
 
+``--temperature T`` (and ``--normalize``) read the relations as ``loss.car_temperature=T``
+(``loss.car_normalize=true``) make CAR read them, ``softmax(q.k / T)`` (``softmax(cos(q, k) / T)``):
+the way to choose a ``T`` at which the trained teacher's rows are no longer one-hot.
+
 ::
 
-    python scripts/probe_relation.py RUN_DIR [RUN_DIR ...] [--prefer last]
+    python scripts/probe_relation.py RUN_DIR [RUN_DIR ...] [--prefer last] [--temperature T]
 """
 
 from __future__ import annotations
@@ -46,8 +50,18 @@ def softness(q: torch.Tensor, k: torch.Tensor) -> tuple[float, float]:
     return a.amax(-1).mean().item(), (entropy / math.log(a.shape[-1])).mean().item()
 
 
+def _scored(out, temperature: float, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, k)`` of a network output as CAR scores them (car_normalize, car_temperature)."""
+    q, k = out.query, out.key
+    if normalize:
+        q, k = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(k, dim=1)
+    return q / temperature, k
+
+
 @torch.no_grad()
-def probe(run_dir: Path, prefer: str) -> dict[str, float]:
+def probe(
+    run_dir: Path, prefer: str, temperature: float = 1.0, normalize: bool = False
+) -> dict[str, float]:
     ckpt = open_checkpoint(require_checkpoint(run_dir, prefer))
     cfg = ckpt.config
     root = Path(cfg["data"]["root"]) if cfg["data"].get("root") else None
@@ -61,8 +75,12 @@ def probe(run_dir: Path, prefer: str) -> dict[str, float]:
         x = torch.as_tensor(np.asarray(item["image"]))[None]
         t = teacher(x)
         s = student(x[:, channel_indices(ckpt.modalities)])
-        car = car_loss(t.query, t.key, s.query, s.key, car_channels(OmegaConf.create(cfg["model"])))
-        rows.append([*softness(t.query, t.key), *softness(s.query, s.key), car.item()])
+        channels = car_channels(OmegaConf.create(cfg["model"]))
+        car = car_loss(
+            t.query, t.key, s.query, s.key, channels, temperature=temperature, normalize=normalize
+        )
+        (tq, tk), (sq, sk) = (_scored(o, temperature, normalize) for o in (t, s))
+        rows.append([*softness(tq, tk), *softness(sq, sk), car.item()])
     names = ["teacher row max", "teacher entropy", "student row max", "student entropy", "CAR"]
     return dict(zip(names, np.mean(rows, axis=0).tolist(), strict=True)) | {
         "epoch": ckpt.epoch,
@@ -74,10 +92,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--prefer", default="last", choices=["best", "last"])
+    parser.add_argument("--temperature", type=float, default=1.0, help="CAR's T (default 1)")
+    parser.add_argument("--normalize", action="store_true", help="cosine scores (car_normalize)")
     args = parser.parse_args(argv)
+    if not args.temperature > 0:
+        sys.exit(f"error: --temperature must be > 0, got {args.temperature}")
     for run in args.runs:
         try:
-            values = probe(run, args.prefer)
+            values = probe(run, args.prefer, args.temperature, args.normalize)
         except RirnError as exc:  # a bad run folder: one line, as rirn's own commands
             sys.exit(f"error: {exc}")
         print(run, " | ".join(f"{k} {v:.4g}" for k, v in values.items()))

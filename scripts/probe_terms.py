@@ -9,7 +9,15 @@ KD): the mean loss value, the mean L2 norm of its *weighted* gradient over all s
 parameters, and the ratio of that norm to the segmentation gradient's (median and range over
 the batches). A ratio far above 1 means the term, not the segmentation loss, steers the student
 under Adam; an exact 0 means the term sends no gradient (e.g. CAR on saturated, one-hot
-relations). Runs on CPU.
+relations).
+
+Adam normalises each parameter by its own gradient history, so a term with a tiny *total*
+gradient still steers the parameters where the segmentation gradient is tinier. The last
+columns say where: ``steers`` is the share of student parameter elements at which the term's
+weighted gradient is larger in magnitude than the segmentation term's (mean over batches), and
+``most at`` the parameter tensor with the largest such share. ``--init`` probes the run's
+networks with the *student* re-initialised (its weights at step 0: same seed, same code), the
+state in which the first Adam steps are taken. Runs on CPU.
 """
 
 from __future__ import annotations
@@ -34,9 +42,11 @@ from rirn.training.steps import compute_losses
 TERMS = {"seg_s": "seg", "crr": "crr", "car": "car", "adv": "adv", "kd": "kd", "feat": "feature"}
 
 
-def probe(run_dir: Path, checkpoint: str = "last.pt", batches: int = 6) -> dict[str, dict]:
-    """``{term: {"value", "grad_norm", "ratio_median", "ratio_min", "ratio_max"}}`` for the
-    student's segmentation term and each distillation term that is on."""
+def probe(
+    run_dir: Path, checkpoint: str = "last.pt", batches: int = 6, init: bool = False
+) -> dict[str, dict]:
+    """``{term: {"value", "grad_norm", "ratio_median", "ratio_min", "ratio_max", "steers",
+    "most_at"}}`` for the student's segmentation term and each distillation term that is on."""
     path = run_dir / "checkpoints" / checkpoint
     if not path.is_file():
         raise SystemExit(f"error: {path} does not exist (not a rirn run folder?)")
@@ -46,6 +56,12 @@ def probe(run_dir: Path, checkpoint: str = "last.pt", batches: int = 6) -> dict[
     nets = build_step_nets(
         cfg.model, cfg.loss, cfg.optim, len(modalities), torch.device("cpu"), state=state
     )
+    if init:  # the student as the run's seed built it, before any step
+        torch.manual_seed(int(cfg.seed))
+        fresh = build_step_nets(
+            cfg.model, cfg.loss, cfg.optim, len(modalities), torch.device("cpu")
+        )
+        nets.student.load_state_dict(fresh.student.state_dict())
     nets.teacher.train()
     nets.student.train()
     root = Path(str(cfg.data.root)) if cfg.data.root else synthetic_root(cfg.data)
@@ -54,9 +70,10 @@ def probe(run_dir: Path, checkpoint: str = "last.pt", batches: int = 6) -> dict[
     fg = float(cfg.data.get("fg_prob", 0.0))
     data = TrainDataset(source, split["train"], cfg.data.crop_size, 0.5, int(cfg.seed), fg)
     size = int(cfg.trainer.batch_size)
-    params = list(nets.student.parameters())
+    names, params = zip(*nets.student.named_parameters(), strict=True)
     weights = cfg.loss.weight
     rows: dict[str, list[tuple[float, float]]] = {}
+    grads_of: dict[str, list] = {}
     for b in range(batches):
         items = [data[(10**6, (b * size + j) % len(data))] for j in range(size)]
         image = torch.stack([it["image"] for it in items])
@@ -72,18 +89,30 @@ def probe(run_dir: Path, checkpoint: str = "last.pt", batches: int = 6) -> dict[
                 retain_graph=True,
                 allow_unused=True,
             )
-            norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
+            grads = [
+                torch.zeros_like(p) if g is None else g.float()
+                for g, p in zip(grads, params, strict=True)
+            ]
+            norm = torch.sqrt(sum((g**2).sum() for g in grads))
             rows.setdefault(term, []).append((terms[term].item(), float(norm)))
+            grads_of.setdefault(term, []).append(grads)
     seg = [n for _, n in rows["seg_s"]]
     out = {}
     for term, values in rows.items():
         ratios = [n / max(s, 1e-30) for (_, n), s in zip(values, seg, strict=True)]
+        share = torch.zeros(len(params))  # per tensor: share of elements the term outweighs seg at
+        for mine, theirs in zip(grads_of[term], grads_of["seg_s"], strict=True):
+            for i, (g, h) in enumerate(zip(mine, theirs, strict=True)):
+                share[i] += (g.abs() > h.abs()).float().mean() / len(values)
+        sizes = torch.tensor([p.numel() for p in params], dtype=torch.float)
         out[term] = {
             "value": statistics.fmean(v for v, _ in values),
             "grad_norm": statistics.fmean(n for _, n in values),
             "ratio_median": statistics.median(ratios),
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
+            "steers": float((share * sizes).sum() / sizes.sum()),
+            "most_at": f"{names[int(share.argmax())]} ({float(share.max()):.0%})",
         }
     return out
 
@@ -93,14 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--checkpoint", default="last.pt")
     parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--init", action="store_true", help="the student at step 0")
     args = parser.parse_args(argv)
-    result = probe(args.run_dir, args.checkpoint, args.batches)
-    print("| term | value | weighted grad norm | / seg grad (median, range) |")
-    print("| --- | --- | --- | --- |")
+    result = probe(args.run_dir, args.checkpoint, args.batches, args.init)
+    print("| term | value | weighted grad norm | / seg grad (median, range) | steers | most at |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for term, r in result.items():
+        if term == "seg_s":
+            r = r | {"steers": float("nan"), "most_at": "-"}
         print(
             f"| {term} | {r['value']:.4g} | {r['grad_norm']:.3g} | {r['ratio_median']:.3g} "
-            f"({r['ratio_min']:.3g}-{r['ratio_max']:.3g}) |"
+            f"({r['ratio_min']:.3g}-{r['ratio_max']:.3g}) | {r['steers']:.1%} | {r['most_at']} |"
         )
     return 0
 

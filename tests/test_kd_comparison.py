@@ -21,10 +21,12 @@ from rirn.config import CONFIG_DIR
 from rirn.data.modalities import all_subsets, parse_modalities, subset_name
 from rirn.errors import ConfigError
 from rirn.evaluation import method_table
+from rirn.evaluation.method_table import method_label
 from rirn.evaluation.report_tables import TABLES, RunResult, row_runs
 from rirn.evaluation.seed_tables import SEEDS_SOURCE
 from rirn.evaluation.summary import SummaryRow
 from rirn.evaluation.variants import loss_overrides, make_variant, train_overrides, variant_of
+from rirn.losses.car import DEFAULT_CAR_RELATION, PAPER_CAR_RELATION
 from rirn.report import detect_report_tables, parse_tables
 from rirn.training.setup import check_config
 
@@ -123,7 +125,8 @@ def test_report_places_every_job_from_its_config():
 def test_configs_without_the_new_switches_read_as_off():
     old = {"modality": "t1", "loss": {"crr": True, "mf": True, "car": True, "adv": True}}
     v = variant_of(old)
-    assert v == make_variant("t1", (T, T, T, T)) and not v.transfers
+    assert v == make_variant("t1", (T, T, T, T), car_relation=PAPER_CAR_RELATION)
+    assert not v.transfers and v.car_relation == (False, 1.0)
     assert v.switches == RIRN and v.kd_temperature is None and v.feature_norm is None
     kd = variant_of({"modality": "t1", "loss": {**old["loss"], "kd": True, "kd_temperature": 4}})
     assert kd.kd and kd.kd_temperature == 4.0 and kd != v
@@ -131,6 +134,24 @@ def test_configs_without_the_new_switches_read_as_off():
     base = {k: False for k in ("crr", "mf", "car", "adv")}
     a = variant_of({"modality": "t1", "loss": {**base, "kd_temperature": 9, "aggregation": "max"}})
     assert a == make_variant("t1", OFF)
+
+
+def test_car_relation_tells_runs_apart_and_composes_back():
+    cfg = compose_config("train", ["modality=t1ce"])
+    assert (cfg.loss.car_normalize, cfg.loss.car_temperature) == DEFAULT_CAR_RELATION
+    other = (not DEFAULT_CAR_RELATION[0], 0.25)
+    over = [f"loss.car_normalize={str(other[0]).lower()}", "loss.car_temperature=0.25"]
+    v = variant_of(compose_config("train", ["modality=t1ce", "loss=rirn", *over]))
+    assert v.car_relation == other and v != variant_of(cfg)
+    assert loss_overrides(v) == " ".join(["loss=rirn", *over])
+    assert variant_of(compose_config("train", train_overrides(v).split())) == v
+    label = method_label(v)
+    assert label.startswith("RIRN (CAR ") and label.endswith("/0.25)")
+    # CAR off: its relation never tells runs apart.
+    off = variant_of(compose_config("train", ["modality=t1ce", "loss=crr_mf", *over]))
+    assert off.car_relation is None and off == variant_of(
+        compose_config("train", ["modality=t1ce", "loss=crr_mf"])
+    )
 
 
 @pytest.mark.parametrize(

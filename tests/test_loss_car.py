@@ -69,6 +69,46 @@ def test_car_chunked_equals_naive_forward_and_gradients(chunk_size):
         )
 
 
+def test_car_temperature_softens_both_relations_against_the_naive_formula():
+    # Large scores saturate the rows (A one-hot): at T = 1 the gradient all but vanishes, at
+    # T = 8 the loss is Eq. 7 of softmax(q.k / 8), computed naively in float64.
+    q_t, k_t, q_s, k_s = _embeddings(seed=4, m=9, scale=4.0)
+    q_s.requires_grad_(True)
+    out = car_loss(q_t, k_t, q_s, k_s, channels=6, chunk_size=4, temperature=8.0)
+    (grad,) = torch.autograd.grad(out, q_s)
+    q_ref = (q_s.detach().double() / 8.0).requires_grad_(True)
+    ref = _naive_car(q_t.double() / 8.0, k_t, q_ref, k_s, channels=6)
+    (ref_grad,) = torch.autograd.grad(ref, q_ref)
+    assert out.item() == pytest.approx(ref.item(), rel=1e-5)
+    # d/dq of f(q / T) = f'(q / T) / T
+    torch.testing.assert_close(grad.double(), ref_grad / 8.0, rtol=1e-5, atol=1e-9)
+    hard = car_loss(q_t, k_t, q_s, k_s, channels=6)
+    (hard_grad,) = torch.autograd.grad(hard, q_s)
+    assert hard.item() == pytest.approx(_naive_car(q_t, k_t, q_s.detach(), k_s, 6).item(), rel=1e-5)
+    assert grad.abs().median() > 100 * hard_grad.abs().median()
+    assert CARLoss(6, temperature=8.0)(q_t, k_t, q_s, k_s).item() == pytest.approx(out.item())
+    with pytest.raises(ValueError, match="temperature"):
+        car_loss(q_t, k_t, q_s, k_s, channels=6, temperature=0.0)
+
+
+def test_car_normalize_is_cosine_scores_and_ignores_the_embedding_scale():
+    # softmax_j(cos(q_i, k_j) / T), naively in float64; scaling q or k changes nothing.
+    q_t, k_t, q_s, k_s = _embeddings(seed=5, m=9)
+    unit = [x.double() / x.double().norm(dim=1, keepdim=True) for x in (q_t, k_t, q_s, k_s)]
+    ref = _naive_car(unit[0] / 0.05, unit[1], unit[2] / 0.05, unit[3], channels=6)
+    out = car_loss(q_t, k_t, q_s, k_s, channels=6, chunk_size=4, temperature=0.05, normalize=True)
+    assert out.item() == pytest.approx(ref.item(), rel=1e-5)
+    scaled = car_loss(
+        30 * q_t, 0.1 * k_t, 7 * q_s, 50 * k_s, channels=6, temperature=0.05, normalize=True
+    )
+    assert scaled.item() == pytest.approx(out.item(), rel=1e-5)
+    q = q_s.clone().requires_grad_(True)
+    car_loss(q_t, k_t, q, k_s, channels=6, temperature=0.05, normalize=True).backward()
+    # The gradient of a cosine is orthogonal to its own vector: no push along |q|.
+    radial = (q.grad * q.detach()).sum(1)
+    assert radial.abs().max() < 1e-6 * q.grad.abs().max() * q.detach().norm(dim=1).max()
+
+
 def test_car_float64_gradcheck_through_chunks():
     q_t, k_t, q_s, k_s = (x.double() for x in _embeddings(seed=2, batch=1, dim=3, n=7))
     q_s.requires_grad_(True)

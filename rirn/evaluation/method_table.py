@@ -58,6 +58,7 @@ from rirn.evaluation.variants import (
     loss_overrides,
     make_variant,
 )
+from rirn.losses.car import DEFAULT_CAR_RELATION
 from rirn.losses.kd import DEFAULT_KD_TEMPERATURE
 
 NAME = "kd_comparison"
@@ -87,7 +88,8 @@ class Method:
 
 def method_label(variant: Variant) -> str:
     """``KD``, ``Feature KD``, ``RIRN``, ``Baseline`` or a combination (``KD + CRR``), with a
-    non-default temperature, feature standardisation or CRR aggregation in brackets."""
+    non-default temperature, feature standardisation, CRR aggregation or CAR relation (``cos/T``
+    or ``dot/T``) in brackets."""
     parts = []
     if variant.kd:
         t = variant.kd_temperature
@@ -100,6 +102,9 @@ def method_label(variant: Variant) -> str:
         rirn = ["RIRN"]
     if rirn and variant.aggregation not in (None, "mean"):
         rirn[-1] += f" ({variant.aggregation})"
+    if rirn and variant.car_relation not in (None, DEFAULT_CAR_RELATION):
+        normalize, temperature = variant.car_relation
+        rirn[-1] += f" (CAR {'cos' if normalize else 'dot'}/{temperature:g})"
     parts += rirn
     return " + ".join(parts) or "Baseline"
 

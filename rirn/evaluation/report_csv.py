@@ -62,6 +62,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "aggregation",
     "kd_temperature",
     "feature_norm",
+    "car_normalize",
+    "car_temperature",
     "run",
     "n",
     "status",
@@ -128,6 +130,8 @@ def _csv_line(table: TableSpec, row: ReportRow | SeedRow) -> dict[str, object]:
         "aggregation": v.aggregation or "",
         "kd_temperature": "" if v.kd_temperature is None else v.kd_temperature,
         "feature_norm": "" if v.feature_norm is None else str(v.feature_norm).lower(),
+        "car_normalize": "" if v.car_relation is None else str(v.car_relation[0]).lower(),
+        "car_temperature": "" if v.car_relation is None else v.car_relation[1],
         "reference": table.row(spec.reference).label if spec.reference else "",
         "train": spec.train,
     }

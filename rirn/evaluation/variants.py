@@ -3,10 +3,12 @@
 A run's variant is read from its resolved config (:func:`variant_of`): the student's modality
 subset, the loss switches of :data:`SWITCHES` (the RIRN terms of the paper's Table 4, then the
 knowledge-transfer baselines ``loss.kd`` and ``loss.feature``) and the settings that change
-what an enabled term does: ``loss.aggregation`` when CRR is on, ``loss.kd_temperature`` when KD
-is on, ``loss.feature_norm`` when feature KD is on. A setting of a term that is off is ``None``,
-so it never tells two runs apart. A config from before a switch existed reads it as off: the
-runs of older sweeps keep their variants.
+what an enabled term does: ``loss.aggregation`` when CRR is on, ``loss.car_normalize`` and
+``loss.car_temperature`` when CAR is on, ``loss.kd_temperature`` when KD is on,
+``loss.feature_norm`` when feature KD is on. A setting of a term that is off is ``None``,
+so it never tells two runs apart. A config from before a switch existed reads it as off, and
+one from before the CAR options as the paper's relation: the runs of older sweeps keep their
+variants.
 
 Everything else (data, epochs, weights, seed) is the same within a sweep by construction and is
 not part of the variant.
@@ -18,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rirn.data.modalities import parse_modalities, subset_name
+from rirn.losses.car import DEFAULT_CAR_RELATION, PAPER_CAR_RELATION
 from rirn.losses.kd import DEFAULT_KD_TEMPERATURE
 
 #: The RIRN switches of ``configs/loss/*.yaml``, in the column order of the paper's Table 4.
@@ -38,6 +41,7 @@ class Variant:
         aggregation: ``loss.aggregation``; ``None`` when CRR is off, where it has no effect.
         kd_temperature: ``loss.kd_temperature``; ``None`` when KD is off.
         feature_norm: ``loss.feature_norm``; ``None`` when feature KD is off.
+        car_relation: ``(loss.car_normalize, loss.car_temperature)``; ``None`` when CAR is off.
     """
 
     subset: tuple[str, ...]
@@ -45,6 +49,7 @@ class Variant:
     aggregation: str | None
     kd_temperature: float | None = None
     feature_norm: bool | None = None
+    car_relation: tuple[bool, float] | None = None
 
     @property
     def kd(self) -> bool:
@@ -66,6 +71,7 @@ def make_variant(
     aggregation: str = "mean",
     kd_temperature: float = DEFAULT_KD_TEMPERATURE,
     feature_norm: bool = False,
+    car_relation: tuple[bool, float] = DEFAULT_CAR_RELATION,
 ) -> Variant:
     """A :class:`Variant` from a modality spelling, the switches in :data:`SWITCHES` order and
     the settings of the terms. Fewer switches than :data:`SWITCHES` are padded with ``False``:
@@ -80,6 +86,7 @@ def make_variant(
         aggregation if on[0] else None,
         float(kd_temperature) if kd else None,
         bool(feature_norm) if feature else None,
+        (bool(car_relation[0]), float(car_relation[1])) if on[2] else None,
     )
 
 
@@ -98,6 +105,10 @@ def variant_of(config: Mapping) -> Variant:
         str(loss.get("aggregation", "mean")),
         float(loss.get("kd_temperature", DEFAULT_KD_TEMPERATURE)),
         bool(loss.get("feature_norm", False)),
+        (
+            bool(loss.get("car_normalize", PAPER_CAR_RELATION[0])),
+            float(loss.get("car_temperature", PAPER_CAR_RELATION[1])),
+        ),
     )
 
 
@@ -140,6 +151,12 @@ def loss_overrides(variant: Variant) -> str:
         parts.append(f"loss.kd_temperature={variant.kd_temperature:g}")
     if variant.feature_norm:
         parts.append("loss.feature_norm=true")
+    if variant.car_relation not in (None, DEFAULT_CAR_RELATION):
+        normalize, temperature = variant.car_relation
+        if normalize != DEFAULT_CAR_RELATION[0]:
+            parts.append(f"loss.car_normalize={str(normalize).lower()}")
+        if temperature != DEFAULT_CAR_RELATION[1]:
+            parts.append(f"loss.car_temperature={temperature:g}")
     return " ".join(parts)
 
 

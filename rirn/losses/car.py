@@ -26,13 +26,29 @@ from torch.autograd.function import once_differentiable
 
 from rirn.losses.dice import upcast
 
-__all__ = ["DEFAULT_CAR_CHUNK", "CARLoss", "car_loss", "relation"]
+__all__ = [
+    "DEFAULT_CAR_CHUNK",
+    "DEFAULT_CAR_RELATION",
+    "PAPER_CAR_RELATION",
+    "CARLoss",
+    "car_loss",
+    "relation",
+]
 
 #: Rows per chunk. At N = M = 7680 one fp32 chunk tensor is B * 31 MB and about four of them are
 #: alive at once (measured on an H100, B = 1: 124 MB extra for forward+backward, 6.5 ms), against
 #: 236 MB for one N x N matrix and 1.1 GB for the naive formula. Smaller chunks save memory
 #: linearly but cost launch overhead (512: 66 MB, 14 ms; 256: 34 MB, 21 ms).
 DEFAULT_CAR_CHUNK: int = 1024
+
+
+#: ``(normalize, temperature)`` of Eq. 6 as printed: dot-product scores, ``T = 1``, i.e. the
+#: block's own attention. Runs whose config predates the options read as this.
+PAPER_CAR_RELATION: tuple[bool, float] = (False, 1.0)
+#: rirn's default ``(loss.car_normalize, loss.car_temperature)`` (configs/loss/rirn.yaml): cosine
+#: scores at T = 0.05. The paper's relation saturates (one-hot rows) and then, through Adam, moves
+#: the student's theta/phi on noise (docs/method.md, "Which term hurts").
+DEFAULT_CAR_RELATION: tuple[bool, float] = (True, 0.05)
 
 
 def _check_embeddings(q: Tensor, k: Tensor) -> None:
@@ -115,13 +131,26 @@ def car_loss(
     k_s: Tensor,
     channels: int,
     chunk_size: int = DEFAULT_CAR_CHUNK,
+    temperature: float = 1.0,
+    normalize: bool = False,
 ) -> Tensor:
     """CAR distillation loss (Eq. 7).
 
     ``L = mean_b [ sum_{i,j} (A_T[b,i,j] - A_S[b,i,j])**2 / (channels * N) ]`` with
-    ``A = relation(q, k)``: Eq. 7's ``1/(CHWD) ||CAR(f^t) - CAR(f^s)||^2`` per sample, where
-    ``C = channels`` is the channel count of the feature map ``f`` the embeddings come from
-    (128 at the U-Net bottleneck, not ``C'``) and ``HWD = N``.
+    ``A = relation(q / temperature, k)``: Eq. 7's ``1/(CHWD) ||CAR(f^t) - CAR(f^s)||^2`` per
+    sample, where ``C = channels`` is the channel count of the feature map ``f`` the embeddings
+    come from (128 at the U-Net bottleneck, not ``C'``) and ``HWD = N``.
+
+    ``temperature = 1`` is the paper (the relation is exactly the block's attention). A larger
+    ``T`` softens *both* relations inside the loss only, ``softmax_j(q_i^T k_j / T)``, as KD
+    tempers its logits (Hinton et al. 2015): the unscaled block's rows saturate to one-hot, where
+    Eq. 7 sits at its bound ``2/C`` and its gradient vanishes (docs/method.md, "Eq. 6-7"). The
+    networks' own attention is unchanged.
+
+    ``normalize=True`` L2-normalises every embedding over ``C'`` first, so the scores are cosines
+    in ``[-1, 1]`` and the relation ``softmax_j(cos(q_i, k_j) / T)`` has a softness set by ``T``
+    alone, whatever the scale the features grow to in training (with ``normalize=False`` the
+    ``T`` that unsaturates a trained block depends on that scale).
 
     Equal to that formula evaluated naively, but computed over row chunks of ``chunk_size``
     queries, each recomputed in backward, so memory stays ``O(B * chunk_size * M)``. Only the
@@ -132,6 +161,8 @@ def car_loss(
         q_s, k_s: student embeddings, same shapes.
         channels: ``C`` of Eq. 7.
         chunk_size: query rows per chunk (any positive int; the last chunk may be shorter).
+        temperature: ``T > 0`` dividing the scores of both relations (1: the paper).
+        normalize: cosine scores (unit-length ``q`` and ``k``) instead of dot products.
 
     Returns:
         scalar tensor (float32, float64 for float64 inputs), in ``[0, 2 / channels]``.
@@ -145,9 +176,15 @@ def car_loss(
         raise ValueError(
             f"car_loss: chunk_size ({chunk_size}) and channels ({channels}) must be >= 1"
         )
+    if not temperature > 0:
+        raise ValueError(f"car_loss: temperature must be > 0, got {temperature}")
     _check_embeddings(q_s, k_s)
     q_t, k_t = upcast(q_t.detach()), upcast(k_t.detach())
     q_s, k_s = upcast(q_s), upcast(k_s)
+    if normalize:
+        q_t, k_t, q_s, k_s = (nn.functional.normalize(x, dim=1) for x in (q_t, k_t, q_s, k_s))
+    if temperature != 1.0:
+        q_t, q_s = q_t / temperature, q_s / temperature
     dtype = torch.promote_types(q_s.dtype, k_s.dtype)
     tensors = [x.to(dtype) for x in (q_t, k_t, q_s, k_s)]
     total = _ChunkedRelationError.apply(*tensors, chunk_size)
@@ -155,12 +192,22 @@ def car_loss(
 
 
 class CARLoss(nn.Module):
-    """Module form of :func:`car_loss` holding ``channels`` and ``chunk_size``."""
+    """Module form of :func:`car_loss` holding its keyword settings."""
 
-    def __init__(self, channels: int, chunk_size: int = DEFAULT_CAR_CHUNK) -> None:
+    def __init__(
+        self,
+        channels: int,
+        chunk_size: int = DEFAULT_CAR_CHUNK,
+        temperature: float = 1.0,
+        normalize: bool = False,
+    ) -> None:
         super().__init__()
         self.channels = channels
         self.chunk_size = chunk_size
+        self.temperature = temperature
+        self.normalize = normalize
 
     def forward(self, q_t: Tensor, k_t: Tensor, q_s: Tensor, k_s: Tensor) -> Tensor:
-        return car_loss(q_t, k_t, q_s, k_s, self.channels, self.chunk_size)
+        return car_loss(
+            q_t, k_t, q_s, k_s, self.channels, self.chunk_size, self.temperature, self.normalize
+        )

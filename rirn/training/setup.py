@@ -104,6 +104,8 @@ def check_loss(loss_cfg) -> None:
         raise ConfigError(f"loss.threshold={loss_cfg.threshold} must be in [0, 1]")
     if not float(loss_cfg.get("kd_temperature", 1.0)) > 0:
         raise ConfigError(f"loss.kd_temperature={loss_cfg.kd_temperature} must be > 0")
+    if not float(loss_cfg.get("car_temperature", 1.0)) > 0:
+        raise ConfigError(f"loss.car_temperature={loss_cfg.car_temperature} must be > 0")
 
 
 def check_teacher(cfg: DictConfig) -> None:

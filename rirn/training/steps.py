@@ -124,6 +124,9 @@ def compute_losses(
             out_s.key,
             channels=nets.car_channels,
             chunk_size=int(loss_cfg.car_chunk_size),
+            # .get: configs of runs from before these options are the paper's relation.
+            temperature=float(loss_cfg.get("car_temperature", 1.0)),
+            normalize=bool(loss_cfg.get("car_normalize", False)),
         )
     if loss_cfg.adv and distil and nets.discriminator is not None:
         # The plain module: the student's adversarial term must not run DDP's gradient hooks of D.
