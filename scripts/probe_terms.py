@@ -46,7 +46,8 @@ def probe(
     run_dir: Path, checkpoint: str = "last.pt", batches: int = 6, init: bool = False
 ) -> dict[str, dict]:
     """``{term: {"value", "grad_norm", "ratio_median", "ratio_min", "ratio_max", "steers",
-    "most_at"}}`` for the student's segmentation term and each distillation term that is on."""
+    "most_at", "shares"}}`` for the student's segmentation term and each distillation term that
+    is on (``shares``: per student parameter name, the share behind ``steers``)."""
     path = run_dir / "checkpoints" / checkpoint
     if not path.is_file():
         raise SystemExit(f"error: {path} does not exist (not a rirn run folder?)")
@@ -113,6 +114,7 @@ def probe(
             "ratio_max": max(ratios),
             "steers": float((share * sizes).sum() / sizes.sum()),
             "most_at": f"{names[int(share.argmax())]} ({float(share.max()):.0%})",
+            "shares": dict(zip(names, share.tolist(), strict=True)),
         }
     return out
 
