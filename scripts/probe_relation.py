@@ -8,13 +8,16 @@ student; from their non-local embeddings this prints, averaged over cases:
 * ``entropy``: mean row entropy divided by ``log N`` (1 = uniform, 0 = one-hot);
 * ``CAR``: :func:`rirn.losses.car_loss` between teacher and student (Eq. 7).
 
-``--temperature T`` (and ``--normalize``) read the relations as ``loss.car_temperature=T``
-(``loss.car_normalize=true``) make CAR read them, ``softmax(q.k / T)`` (``softmax(cos(q, k) / T)``):
-the way to choose a ``T`` at which the trained teacher's rows are no longer one-hot.
+The relations are read as the run's CAR read them (``loss.car_normalize``,
+``loss.car_temperature``; a run from before the options: the paper's ``softmax(q.k)``).
+``--temperature T`` and ``--normalize`` / ``--no-normalize`` read them otherwise:
+``softmax(q.k / T)`` or ``softmax(cos(q, k) / T)``, the way to choose a ``T`` at which the
+trained teacher's rows are neither one-hot nor uniform.
 
 ::
 
     python scripts/probe_relation.py RUN_DIR [RUN_DIR ...] [--prefer last] [--temperature T]
+        [--normalize | --no-normalize]
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from rirn.data.split import read_split  # noqa: E402
 from rirn.errors import RirnError  # noqa: E402
 from rirn.evaluation.runs import open_checkpoint, require_checkpoint  # noqa: E402
 from rirn.losses import car_loss, relation  # noqa: E402
+from rirn.losses.car import PAPER_CAR_RELATION  # noqa: E402
 from rirn.training.data import default_cache_dir, synthetic_root  # noqa: E402
 from rirn.training.nets import car_channels  # noqa: E402
 
@@ -60,7 +64,7 @@ def _scored(out, temperature: float, normalize: bool) -> tuple[torch.Tensor, tor
 
 @torch.no_grad()
 def probe(
-    run_dir: Path, prefer: str, temperature: float = 1.0, normalize: bool = False
+    run_dir: Path, prefer: str, temperature: float | None = None, normalize: bool | None = None
 ) -> dict[str, float]:
     ckpt = open_checkpoint(require_checkpoint(run_dir, prefer))
     cfg = ckpt.config
@@ -70,6 +74,11 @@ def probe(
     split = read_split(run_dir / "split.json", source.case_ids)
     cases = EvalDataset(source, split["val"], crop_size=ckpt.crop_size)
     teacher, student = ckpt.network("teacher"), ckpt.network("student")
+    loss_cfg = cfg.get("loss", {})
+    if normalize is None:
+        normalize = bool(loss_cfg.get("car_normalize", PAPER_CAR_RELATION[0]))
+    if temperature is None:
+        temperature = float(loss_cfg.get("car_temperature", PAPER_CAR_RELATION[1]))
     rows = []
     for item in cases:
         x = torch.as_tensor(np.asarray(item["image"]))[None]
@@ -83,6 +92,7 @@ def probe(
         rows.append([*softness(tq, tk), *softness(sq, sk), car.item()])
     names = ["teacher row max", "teacher entropy", "student row max", "student entropy", "CAR"]
     return dict(zip(names, np.mean(rows, axis=0).tolist(), strict=True)) | {
+        "relation": f"{'cos' if normalize else 'dot'}/{temperature:g}",
         "epoch": ckpt.epoch,
         "N": t.query.shape[-1],
     }
@@ -92,17 +102,26 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--prefer", default="last", choices=["best", "last"])
-    parser.add_argument("--temperature", type=float, default=1.0, help="CAR's T (default 1)")
-    parser.add_argument("--normalize", action="store_true", help="cosine scores (car_normalize)")
+    parser.add_argument("--temperature", type=float, help="CAR's T (default: the run's)")
+    parser.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        help="cosine (or, with --no-normalize, dot-product) scores; default: the run's",
+    )
     args = parser.parse_args(argv)
-    if not args.temperature > 0:
+    if args.temperature is not None and not args.temperature > 0:
         sys.exit(f"error: --temperature must be > 0, got {args.temperature}")
     for run in args.runs:
         try:
             values = probe(run, args.prefer, args.temperature, args.normalize)
         except RirnError as exc:  # a bad run folder: one line, as rirn's own commands
             sys.exit(f"error: {exc}")
-        print(run, " | ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        print(
+            run,
+            " | ".join(
+                f"{k} {v:.4g}" if not isinstance(v, str) else f"{k} {v}" for k, v in values.items()
+            ),
+        )
 
 
 if __name__ == "__main__":

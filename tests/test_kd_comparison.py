@@ -145,13 +145,35 @@ def test_car_relation_tells_runs_apart_and_composes_back():
     assert v.car_relation == other and v != variant_of(cfg)
     assert loss_overrides(v) == " ".join(["loss=rirn", *over])
     assert variant_of(compose_config("train", train_overrides(v).split())) == v
-    label = method_label(v)
-    assert label.startswith("RIRN (CAR ") and label.endswith("/0.25)")
+    kind = "cos" if other[0] else "dot"
+    assert method_label(v) == f"RIRN (CAR {kind}/0.25)"
+    car = variant_of(compose_config("train", ["modality=t1ce", "loss=crr_mf_car", *over]))
+    assert method_label(car) == f"CRR + MF + CAR ({kind}/0.25)"
     # CAR off: its relation never tells runs apart.
     off = variant_of(compose_config("train", ["modality=t1ce", "loss=crr_mf", *over]))
     assert off.car_relation is None and off == variant_of(
         compose_config("train", ["modality=t1ce", "loss=crr_mf"])
     )
+
+
+def test_rows_take_another_car_relation_only_when_theirs_is_absent_and_unique():
+    from rirn.evaluation.report_tables import RowSpec
+
+    spec = RowSpec("t1ce/rirn", ("T1ce",), make_variant("t1ce", RIRN))
+    paper = make_variant("t1ce", RIRN, car_relation=PAPER_CAR_RELATION)
+    other = make_variant("t1ce", RIRN, car_relation=(True, 0.5))
+    crr_mf = make_variant("t1ce", (T, T, F, F))
+
+    def run(name, variant, seed=1):
+        return RunResult(name, variant, None, seed)
+
+    old = [run("p1", paper), run("p2", paper, 2), run("c", crr_mf)]
+    assert [r.name for r in row_runs(spec, old)] == ["p1", "p2"]  # an old sweep keeps its row
+    mixed = [*old, run("d1", spec.variant)]
+    assert [r.name for r in row_runs(spec, mixed)] == ["d1"]  # the row's own relation wins
+    assert row_runs(spec, [*old, run("o", other)]) == []  # two others: no guess
+    # A row without CAR never takes a run with it, whatever its relation.
+    assert row_runs(RowSpec("t1ce/crr_mf", ("T1ce",), crr_mf), old) == [old[2]]
 
 
 @pytest.mark.parametrize(

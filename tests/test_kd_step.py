@@ -150,6 +150,19 @@ def test_bad_temperature_is_a_config_error():
         check_loss(compose_config("train", ["loss=kd", "loss.kd_temperature=0"]).loss)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["loss.car_temperature=0"], "loss.car_temperature=0"),
+        (["loss.car_temperature=-1"], "loss.car_temperature=-1"),
+        (["loss.car_normalize=maybe"], "loss.car_normalize=maybe"),
+    ],
+)
+def test_bad_car_relation_is_a_config_error(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        check_loss(compose_config("train", overrides).loss)
+
+
 def test_one_epoch_kd_run_logs_the_term(tmp_path, cache_root):
     from .step_fixtures import TINY_RUN, history, train_run
 

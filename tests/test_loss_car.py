@@ -109,13 +109,33 @@ def test_car_normalize_is_cosine_scores_and_ignores_the_embedding_scale():
     assert radial.abs().max() < 1e-6 * q.grad.abs().max() * q.detach().norm(dim=1).max()
 
 
-def test_car_float64_gradcheck_through_chunks():
+@pytest.mark.parametrize(("temperature", "normalize"), [(1.0, False), (0.3, True), (2.0, False)])
+def test_car_float64_gradcheck_through_chunks(temperature, normalize):
     q_t, k_t, q_s, k_s = (x.double() for x in _embeddings(seed=2, batch=1, dim=3, n=7))
     q_s.requires_grad_(True)
     k_s.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda q, k: car_loss(q_t, k_t, q, k, channels=5, chunk_size=3), (q_s, k_s)
+        lambda q, k: car_loss(q_t, k_t, q, k, 5, 3, temperature=temperature, normalize=normalize),
+        (q_s, k_s),
     )
+
+
+def test_car_normalize_under_bf16_autocast_and_with_a_zero_embedding():
+    q_t, k_t, q_s, k_s = _embeddings(seed=6, m=9)
+    ref = car_loss(q_t, k_t, q_s, k_s, channels=6, temperature=0.05, normalize=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = car_loss(
+            *(x.bfloat16() for x in (q_t, k_t, q_s, k_s)), 6, temperature=0.05, normalize=True
+        )
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(ref.item(), rel=0.05)  # bf16 inputs, fp32 loss
+    # An all-zero query stays a zero vector after normalising: a uniform row, nothing NaN.
+    q = q_s.clone()
+    q[0, :, 0] = 0
+    q.requires_grad_(True)
+    out = car_loss(q_t, k_t, q, k_s, channels=6, temperature=0.05, normalize=True)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(q.grad).all()
 
 
 def test_car_hand_value_peaked_teacher_versus_uniform_student():

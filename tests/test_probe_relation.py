@@ -43,6 +43,15 @@ def test_probe_reads_a_trained_run(tmp_path, cache_root):
         assert 1 / 64 <= values[f"{who} row max"] <= 1
         assert 0 <= values[f"{who} entropy"] <= 1
     assert 0 <= values["CAR"] <= 2 / 128 + 1e-6  # bounded by 2/C (C = 128 bottleneck channels)
+    assert values["relation"] == "cos/0.05"  # the run's own CAR relation (rirn's default)
+    paper = probe_relation.probe(run_dir, "last", temperature=1.0, normalize=False)
+    assert paper["relation"] == "dot/1" and paper["epoch"] == 1
+    # Cosines lie in [-1, 1]: at T = 1e6 every row is uniform to 1e-6, and CAR vanishes.
+    flat = probe_relation.probe(run_dir, "last", temperature=1e6, normalize=True)
+    for who in ("teacher", "student"):
+        assert flat[f"{who} row max"] == pytest.approx(1 / 64, rel=1e-5)
+        assert flat[f"{who} entropy"] == pytest.approx(1.0, abs=1e-6)
+    assert flat["CAR"] < 1e-12
 
 
 def test_bad_run_folder_is_one_line(tmp_path):

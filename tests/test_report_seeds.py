@@ -38,7 +38,6 @@ from rirn.evaluation.seeds import (
     t_interval,
 )
 from rirn.evaluation.summary import SummaryRow
-from rirn.losses.car import DEFAULT_CAR_RELATION
 from rirn.report import _lists, read_run_config, table_markdown, write_table
 
 ABLATION, UNIMODAL, AGGREGATION = TABLES[0], TABLES[1], TABLES[2]
@@ -336,11 +335,7 @@ def _fake_sweep(sweep: Path, dice: dict[tuple[str, int], float]) -> list[dict]:
     for (loss, seed), value in dice.items():
         name = f"loss={loss},seed={seed}"
         switches = {k: loss == "rirn" for k in ("crr", "mf", "car", "adv")}
-        relation = dict(
-            zip(("car_normalize", "car_temperature"), DEFAULT_CAR_RELATION, strict=True)
-        )
-        loss_cfg = {**switches, "aggregation": "mean", **relation}
-        config = {"modality": "t1", "seed": seed, "loss": loss_cfg}
+        config = {"modality": "t1", "seed": seed, "loss": {**switches, "aggregation": "mean"}}
         (sweep / name / ".hydra").mkdir(parents=True)
         OmegaConf.save(OmegaConf.create(config), sweep / name / ".hydra" / "config.yaml")
         for case, d in (("c1", value - 0.05), ("c2", value + 0.05)):

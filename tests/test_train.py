@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from rirn.errors import ConfigError
+from rirn.losses.car import DEFAULT_CAR_RELATION, PAPER_CAR_RELATION
 from rirn.models import build_unet
 from rirn.training.checkpoint import load_checkpoint
+from rirn.training.nets import car_channels
 from rirn.training.setup import check_config
 from rirn.training.steps import TERMS, compute_losses, train_step
 
@@ -149,6 +151,42 @@ def test_each_ablation_switch_combination_trains_a_step(crr, mf, car, adv):
     assert any(
         not torch.equal(a, b) for a, b in zip(before, nets.student.parameters(), strict=True)
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "relation"),
+    [
+        ([], DEFAULT_CAR_RELATION),
+        (["loss.car_normalize=false", "loss.car_temperature=1"], (False, 1.0)),
+        (["loss.car_normalize=true", "loss.car_temperature=0.3"], (True, 0.3)),
+        (None, PAPER_CAR_RELATION),  # a run config from before the options: the paper's CAR
+    ],
+)
+def test_car_term_uses_the_configured_relation(overrides, relation):
+    from omegaconf import OmegaConf
+
+    cfg = compose_config("train", [*SMALL_MODEL, *(overrides or [])])
+    loss = cfg.loss
+    if overrides is None:
+        loss = OmegaConf.to_container(cfg.loss)
+        del loss["car_normalize"], loss["car_temperature"]
+        loss = OmegaConf.create(loss)
+    nets = make_nets(cfg)
+    batch = make_batch()
+    terms, _, _ = compute_losses(nets, batch["image"], batch["target"], [2], loss)
+    with torch.no_grad():
+        t, st = nets.teacher(batch["image"]), nets.student(batch["image"][:, [2]])
+
+    # The paper's Eq. 7 on relation softmax_j(s_ij / T), s = cos or dot, computed naively.
+    def rel(out):
+        q, k = out.query.double(), out.key.double()
+        if relation[0]:
+            q, k = q / q.norm(dim=1, keepdim=True), k / k.norm(dim=1, keepdim=True)
+        return torch.softmax(torch.einsum("bci,bcj->bij", q, k) / relation[1], dim=-1)
+
+    n = t.query.shape[-1]
+    want = ((rel(t) - rel(st)) ** 2).sum((1, 2)).mean() / (car_channels(cfg.model) * n)
+    assert terms["car"].item() == pytest.approx(want.item(), rel=1e-4)
 
 
 def test_distillation_terms_send_no_gradient_to_teacher():

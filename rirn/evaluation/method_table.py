@@ -102,9 +102,11 @@ def method_label(variant: Variant) -> str:
         rirn = ["RIRN"]
     if rirn and variant.aggregation not in (None, "mean"):
         rirn[-1] += f" ({variant.aggregation})"
-    if rirn and variant.car_relation not in (None, DEFAULT_CAR_RELATION):
+    if variant.car_relation not in (None, DEFAULT_CAR_RELATION):
         normalize, temperature = variant.car_relation
-        rirn[-1] += f" (CAR {'cos' if normalize else 'dot'}/{temperature:g})"
+        relation = f"{'cos' if normalize else 'dot'}/{temperature:g}"
+        at = rirn.index("CAR") if "CAR" in rirn else 0  # "RIRN" holds CAR
+        rirn[at] += f" (CAR {relation})" if rirn[at] == "RIRN" else f" ({relation})"
     parts += rirn
     return " + ".join(parts) or "Baseline"
 

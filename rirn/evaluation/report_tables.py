@@ -8,8 +8,11 @@ knowledge-transfer switches ``loss.kd``, ``loss.feature`` (:class:`Variant`, in
 :mod:`rirn.evaluation.variants`), never by its folder name; a KD or feature-KD run matches no
 row of these tables (its table is :mod:`rirn.evaluation.method_table`'s). Every table row
 expects one variant (:class:`RowSpec`); a row matched by none stays in the table as *missing*.
-Other settings (data, epochs, weights, seed) do not tell rows apart. Runs of one row that
-differ only in ``seed`` (:attr:`RunResult.seed`) are grouped by
+CAR's relation (``loss.car_normalize``, ``loss.car_temperature``) is part of the variant, but a
+row of rirn's default relation that no run matches takes the runs that differ from it only
+there, when they share one relation (:func:`row_runs`): a sweep trained with the paper's
+relation keeps its tables. Other settings (data, epochs, weights, seed) do not tell rows apart.
+Runs of one row that differ only in ``seed`` (:attr:`RunResult.seed`) are grouped by
 :mod:`rirn.evaluation.seed_tables` when some row of Tables 4, 6 or 7 has two or more seeds: one
 line per row with mean ± std over seeds and paired deltas with 95% Student-t intervals.
 Otherwise (one seed) a row matched by several runs (e.g. the same configuration trained by two
@@ -52,6 +55,7 @@ from rirn.evaluation.variants import (  # noqa: F401 - re-exported: the report's
     SWITCHES,
     Variant,
     make_variant,
+    same_but_car_relation,
     train_overrides,
     variant_of,
 )
@@ -235,15 +239,23 @@ class RunResult:
 
 
 def row_runs(spec: RowSpec, runs: Iterable[RunResult]) -> list[RunResult]:
-    """The runs that belong in a row."""
-    return [r for r in runs if r.variant == spec.variant]
+    """The runs that belong in a row: those of exactly its variant; for a row with CAR on and
+    no such run, those that differ from it only in CAR's relation, if they all share one (a
+    sweep trained with the paper's relation, or before rirn had the option, keeps its rows;
+    a sweep with several other relations and none of the row's fills it with none)."""
+    runs = list(runs)
+    exact = [r for r in runs if r.variant == spec.variant]
+    if exact or spec.variant is None:
+        return exact
+    other = [r for r in runs if same_but_car_relation(r.variant, spec.variant)]
+    return other if len({r.variant.car_relation for r in other}) == 1 else []
 
 
 def detect_tables(runs: Sequence[RunResult], tables: Sequence[TableSpec] = TABLES):
     """The tables a sweep supports (see the module docstring), in report order."""
-    variants = {r.variant for r in runs}
-    chosen = [t for t in tables if any(r.variant in variants for r in t.defining)]
-    return chosen or [t for t in tables if sum(r.variant in variants for r in t.rows) >= 2]
+    runs = list(runs)
+    chosen = [t for t in tables if any(row_runs(r, runs) for r in t.defining)]
+    return chosen or [t for t in tables if sum(bool(row_runs(r, runs)) for r in t.rows) >= 2]
 
 
 @dataclass(frozen=True)

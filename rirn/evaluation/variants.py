@@ -17,7 +17,7 @@ not part of the variant.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rirn.data.modalities import parse_modalities, subset_name
 from rirn.losses.car import DEFAULT_CAR_RELATION, PAPER_CAR_RELATION
@@ -110,6 +110,15 @@ def variant_of(config: Mapping) -> Variant:
             float(loss.get("car_temperature", PAPER_CAR_RELATION[1])),
         ),
     )
+
+
+def same_but_car_relation(variant: Variant | None, expected: Variant) -> bool:
+    """Whether ``variant`` trains ``expected`` except, perhaps, for CAR's relation (both with
+    CAR on): the test by which a row of rirn's default relation takes the runs of a sweep
+    trained with another one (the paper's, or rirn before ``loss.car_normalize``)."""
+    if variant is None or variant.car_relation is None or expected.car_relation is None:
+        return False
+    return replace(variant, car_relation=expected.car_relation) == expected
 
 
 #: Switches -> the loss config of ``configs/loss/`` that sets them.

@@ -2,7 +2,9 @@
 
 The CAR of a network is the attention map of its non-local block (Wang et al. 2018, embedded
 Gaussian form) at the intermediate scale: for every voxel ``i`` a softmax over all voxels ``j``
-of ``theta(f_i)^T phi(f_j)``. The student mimics the teacher's map with a squared error.
+of ``theta(f_i)^T phi(f_j)``. The student mimics the teacher's map with a squared error. rirn's
+default reads the relation from the same embeddings as ``softmax_j(cos(theta_i, phi_j) / T)``
+(:func:`car_loss`'s ``normalize``, ``temperature``; the paper's form is one option away).
 
 Conventions:
 
@@ -49,6 +51,12 @@ PAPER_CAR_RELATION: tuple[bool, float] = (False, 1.0)
 #: scores at T = 0.05. The paper's relation saturates (one-hot rows) and then, through Adam, moves
 #: the student's theta/phi on noise (docs/method.md, "Which term hurts").
 DEFAULT_CAR_RELATION: tuple[bool, float] = (True, 0.05)
+
+
+def _unit(x: Tensor) -> Tensor:
+    """``x / max(|x|, 1e-6)`` over the channel axis: a (practically unreachable) zero embedding
+    stays zero with a bounded gradient instead of F.normalize's ``1/1e-12``."""
+    return nn.functional.normalize(x, dim=1, eps=1e-6)
 
 
 def _check_embeddings(q: Tensor, k: Tensor) -> None:
@@ -141,16 +149,15 @@ def car_loss(
     sample, where ``C = channels`` is the channel count of the feature map ``f`` the embeddings
     come from (128 at the U-Net bottleneck, not ``C'``) and ``HWD = N``.
 
-    ``temperature = 1`` is the paper (the relation is exactly the block's attention). A larger
-    ``T`` softens *both* relations inside the loss only, ``softmax_j(q_i^T k_j / T)``, as KD
-    tempers its logits (Hinton et al. 2015): the unscaled block's rows saturate to one-hot, where
-    Eq. 7 sits at its bound ``2/C`` and its gradient vanishes (docs/method.md, "Eq. 6-7"). The
-    networks' own attention is unchanged.
-
-    ``normalize=True`` L2-normalises every embedding over ``C'`` first, so the scores are cosines
-    in ``[-1, 1]`` and the relation ``softmax_j(cos(q_i, k_j) / T)`` has a softness set by ``T``
-    alone, whatever the scale the features grow to in training (with ``normalize=False`` the
-    ``T`` that unsaturates a trained block depends on that scale).
+    ``temperature = 1, normalize = False`` is the paper: the relation is exactly the block's
+    attention. ``T`` divides the scores of *both* relations inside the loss only,
+    ``softmax_j(s_ij / T)``, as KD tempers its logits (Hinton et al. 2015); the networks' own
+    attention is unchanged. ``normalize=True`` L2-normalises every embedding over ``C'`` first,
+    so the scores ``s_ij`` are cosines in ``[-1, 1]`` and the softness is set by ``T`` alone
+    (``T < 1`` sharpens them; rirn's default is :data:`DEFAULT_CAR_RELATION`), whatever scale the
+    features grow to in training. Why: the paper's unscaled block saturates to one-hot rows,
+    where Eq. 7 sits at its bound ``2/C`` and its gradient is noise-sized, yet Adam turns that
+    noise into full-size steps of the student's ``theta`` (docs/method.md, "Which term hurts").
 
     Equal to that formula evaluated naively, but computed over row chunks of ``chunk_size``
     queries, each recomputed in backward, so memory stays ``O(B * chunk_size * M)``. Only the
@@ -182,7 +189,7 @@ def car_loss(
     q_t, k_t = upcast(q_t.detach()), upcast(k_t.detach())
     q_s, k_s = upcast(q_s), upcast(k_s)
     if normalize:
-        q_t, k_t, q_s, k_s = (nn.functional.normalize(x, dim=1) for x in (q_t, k_t, q_s, k_s))
+        q_t, k_t, q_s, k_s = (_unit(x) for x in (q_t, k_t, q_s, k_s))
     if temperature != 1.0:
         q_t, q_s = q_t / temperature, q_s / temperature
     dtype = torch.promote_types(q_s.dtype, k_s.dtype)

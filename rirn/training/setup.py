@@ -106,6 +106,8 @@ def check_loss(loss_cfg) -> None:
         raise ConfigError(f"loss.kd_temperature={loss_cfg.kd_temperature} must be > 0")
     if not float(loss_cfg.get("car_temperature", 1.0)) > 0:
         raise ConfigError(f"loss.car_temperature={loss_cfg.car_temperature} must be > 0")
+    if not isinstance(loss_cfg.get("car_normalize", False), bool):
+        raise ConfigError(f"loss.car_normalize={loss_cfg.car_normalize} must be true or false")
 
 
 def check_teacher(cfg: DictConfig) -> None:
