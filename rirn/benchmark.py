@@ -197,7 +197,9 @@ def _step(cfg: DictConfig, device: torch.device) -> dict:
         "modality": str(cfg.modality),
         "steps": int(cfg.steps),
         "warmup": int(cfg.warmup),
-        "loss_terms": {k: bool(cfg.loss[k]) for k in ("crr", "car", "adv")},
+        "loss_terms": {k: bool(cfg.loss[k]) for k in ("crr", "car", "adv")}
+        | {"car_normalize": bool(cfg.loss.car_normalize)}
+        | {"car_temperature": float(cfg.loss.car_temperature)},
         "timing": timing,
         "batch_note": "a fixed batch already on the device; the loader is timed apart",
         **out,

@@ -427,3 +427,22 @@ def test_before_the_start_epoch_no_distillation_term_is_computed():
     assert terms["crr"].item() == terms["car"].item() == terms["adv"].item() == 0.0
     assert terms["total"].item() == pytest.approx(terms["seg_t"].item() + terms["seg_s"].item())
     assert probs_t is not None  # the discriminator still trains on the teacher's maps
+
+
+def test_resume_refuses_a_loss_the_run_did_not_train_with():
+    from omegaconf import OmegaConf
+
+    from rirn.training.setup import check_resume_loss
+
+    cfg = compose_config("train", [])
+    stored = OmegaConf.to_container(cfg.loss, resolve=True)
+    check_resume_loss(stored, cfg.loss)  # the same settings: resumes
+    # A checkpoint from before the CAR options trained with the paper's relation.
+    del stored["car_normalize"], stored["car_temperature"]
+    with pytest.raises(ConfigError, match="loss.car_normalize=false loss.car_temperature=1.0"):
+        check_resume_loss(stored, cfg.loss)
+    paper = compose_config("train", ["loss.car_normalize=false", "loss.car_temperature=1"])
+    check_resume_loss(stored, paper.loss)
+    stored["weight"]["crr"] = 0.5
+    with pytest.raises(ConfigError, match=r"\(car_normalize, car_temperature, weight.crr\)"):
+        check_resume_loss(stored, cfg.loss)

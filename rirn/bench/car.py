@@ -4,7 +4,9 @@ against the naive form that materialises both ``N x N`` relations with
 
 Inputs are random ``(1, C', N)`` float32 embeddings (the loss upcasts to float32 anyway), the
 student's requiring a gradient. ``N`` is the number of voxels at the scale: 7680 at 1/8 and
-61440 at 1/4 of the paper's 160x192x128 crop.
+61440 at 1/4 of the paper's 160x192x128 crop. The timed relation is the paper's dot product:
+rirn's default cosine relation (``loss.car_normalize``) adds two normalisations of the
+``(1, C', N)`` embeddings, nothing per ``N x N`` entry.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from rirn.training.data import DataBundle
 from rirn.training.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from rirn.training.logs import RunLogger, summary_line, validation_picture
 from rirn.training.nets import build_step_nets
-from rirn.training.setup import RunSettings, load_teacher_weights
+from rirn.training.setup import RunSettings, check_resume_loss, load_teacher_weights
 from rirn.training.steps import TERMS, StepNets, distill_scale, train_step
 
 log = logging.getLogger("rirn.train")
@@ -153,9 +153,9 @@ class CoTrainer:
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict:
         if self.cfg.resume:
-            self.load_state_dict(
-                load_checkpoint(self.ckpt_dir / "last.pt", map_location=self.device)
-            )
+            state = load_checkpoint(self.ckpt_dir / "last.pt", map_location=self.device)
+            check_resume_loss(state["config"]["loss"], self.cfg.loss)
+            self.load_state_dict(state)
             log.info(f"resumed from {self.ckpt_dir / 'last.pt'} after epoch {self.epoch}")
             self.logger.history_path.unlink(missing_ok=True)
             for row in self.history:

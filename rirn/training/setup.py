@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rirn.data.modalities import parse_modalities
 from rirn.errors import ConfigError
@@ -108,6 +108,55 @@ def check_loss(loss_cfg) -> None:
         raise ConfigError(f"loss.car_temperature={loss_cfg.car_temperature} must be > 0")
     if not isinstance(loss_cfg.get("car_normalize", False), bool):
         raise ConfigError(f"loss.car_normalize={loss_cfg.car_normalize} must be true or false")
+
+
+#: What a ``loss`` key that a checkpoint's config lacks meant when that run trained: the options
+#: added since (``.get`` defaults of :func:`rirn.training.steps.compute_losses`).
+LEGACY_LOSS: dict[str, object] = {
+    "kd": False,
+    "feature": False,
+    "kd_temperature": 2.0,
+    "feature_norm": False,
+    "car_normalize": False,
+    "car_temperature": 1.0,
+    "weight.kd": 1.0,
+    "weight.feature": 1.0,
+}
+
+
+def _flat(tree, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume_loss(stored: dict, current) -> None:
+    """Refuse to resume a run under other ``loss`` settings than it trained with (a default
+    that changed between rirn versions would otherwise switch the method mid-run, silently).
+
+    Args:
+        stored: the checkpoint's ``config["loss"]`` (a plain dict).
+        current: this run's ``cfg.loss``.
+
+    Raises:
+        ConfigError: one line with the differing keys and the overrides that resume as trained.
+    """
+    old = LEGACY_LOSS | _flat(stored)
+    new = _flat(OmegaConf.to_container(current, resolve=True))
+    changed = sorted(k for k in new if k in old and old[k] != new[k])
+    if changed:
+        keep = " ".join(
+            f"loss.{k}={str(old[k]).lower() if isinstance(old[k], bool) else old[k]}"
+            for k in changed
+        )
+        raise ConfigError(
+            f"resume=true would change the loss the run trained with ({', '.join(changed)}); "
+            f"add {keep} to resume it as trained, or start a new run"
+        )
 
 
 def check_teacher(cfg: DictConfig) -> None:
