@@ -225,22 +225,40 @@ def write_table(out: Path, table: TableSpec, runs, per_case, settings, paper: bo
     return lines
 
 
-def _lists(tables: Sequence[TableSpec], runs: Sequence[RunResult]) -> list[str]:
+def train_command(sweep: Path) -> str:
+    """How to train a missing run *into this sweep*: ``python -m rirn.train -m experiment=X
+    hydra.sweep.dir=SWEEP`` when every run of the sweep was launched with the same
+    ``experiment=X`` (read from each run's ``.hydra/overrides.yaml``), so that the new run gets
+    the experiment's settings and shares its teachers; else plain ``python -m rirn.train``."""
+    experiments = set()
+    for path in sorted(sweep.glob("*/.hydra/overrides.yaml")):
+        try:
+            overrides = [str(o) for o in OmegaConf.load(path)]
+        except Exception:  # noqa: BLE001 - an unreadable file says nothing about the sweep
+            continue
+        experiments.add(next((o for o in overrides if o.startswith("experiment=")), None))
+    if len(experiments) != 1 or None in experiments:
+        return "python -m rirn.train"
+    return f"python -m rirn.train -m {experiments.pop()} hydra.sweep.dir={sweep}"
+
+
+def _lists(
+    tables: Sequence[TableSpec], runs: Sequence[RunResult], command: str = "python -m rirn.train"
+) -> list[str]:
     """The report's closing sections: nothing is dropped without being named."""
     lines = []
     failed = [f"- `{r.name}`: {r.summary.status}" for r in runs if r.summary.status != "ok"]
     if failed:
         lines += ["", "## Runs without results", "", *failed]
     absent = [
-        f"- {t.title.split(':')[0]}, row `{s.key}`: {NO_RUN}; train it with "
-        f"`python -m rirn.train {s.train}`"
+        f"- {t.title.split(':')[0]}, row `{s.key}`: {NO_RUN}; train it with `{command} {s.train}`"
         for t in tables
         for s in t.rows
         if not row_runs(s, runs)
     ]
     if absent:
         lines += ["", "## Expected rows without a run", "", *absent]
-    seeds = missing_seed_lines(tables, runs)
+    seeds = missing_seed_lines(tables, runs, command)
     if seeds:
         lines += ["", "## Missing seeds", "", *seeds]
     placed = {r.name for t in tables for s in t.rows for r in row_runs(s, runs)}
@@ -336,7 +354,7 @@ def write_report(cfg: DictConfig, sweep: Path, out: Path, asked: Sequence | None
         lines += ["", *write_table(out, table, runs, per_case, settings, bool(cfg.paper))]
     if not tables:
         lines += ["", "No table of the paper fits these runs (see below)."]
-    lines += _lists(tables, runs)
+    lines += _lists(tables, runs, train_command(sweep))
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     if not done:

@@ -376,3 +376,19 @@ def test_report_groups_seeds_and_names_the_missing_one(tmp_path, monkeypatch):
     assert "one line over seeds" in md
     seeds = [r for r in _csv(tmp_path / "out" / UNIMODAL.file) if r["source"] == SEEDS_SOURCE]
     assert [(r["row"], r["seeds"]) for r in seeds[:2]] == [("Baseline", "1,2,3"), ("Ours", "1,3")]
+
+
+def test_train_hints_name_the_sweeps_experiment_and_folder(tmp_path):
+    from rirn.report import train_command
+
+    def run(name, overrides):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create(overrides), tmp_path / name / ".hydra" / "overrides.yaml")
+
+    assert train_command(tmp_path) == "python -m rirn.train"  # no run launched by hydra
+    run("a", ["experiment=distill_benchmark", "modality=t1", "seed=1", "loss=rirn"])
+    run("b", ["experiment=distill_benchmark", "modality=t2", "seed=2", "loss=baseline"])
+    want = f"python -m rirn.train -m experiment=distill_benchmark hydra.sweep.dir={tmp_path}"
+    assert train_command(tmp_path) == want
+    run("c", ["modality=t1ce"])  # a run of no experiment: no guess
+    assert train_command(tmp_path) == "python -m rirn.train"

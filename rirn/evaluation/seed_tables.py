@@ -275,10 +275,12 @@ def seed_markdown(table: TableSpec, rows: Sequence[SeedRow]) -> list[str]:
     return lines
 
 
-def missing_seed_lines(tables: Iterable[TableSpec], runs: Sequence[RunResult]) -> list[str]:
+def missing_seed_lines(
+    tables: Iterable[TableSpec], runs: Sequence[RunResult], command: str = "python -m rirn.train"
+) -> list[str]:
     """The report's list of rows that have runs but lack some seed of the sweep (every seed of
     any run), or whose runs of a seed all have no results; rows without any run are listed
-    elsewhere."""
+    elsewhere. ``command`` starts each "train it with" hint."""
     sweep = {r.seed for r in runs}
     lines = []
     for t in tables:
@@ -288,7 +290,7 @@ def missing_seed_lines(tables: Iterable[TableSpec], runs: Sequence[RunResult]) -
                 continue
             name = f"- {t.title.split(':')[0]}, row `{s.key}`"
             for seed in missing_seeds({r.seed for r in matched}, sweep):
-                train = f"python -m rirn.train {s.train} seed={seed}"
+                train = f"{command} {s.train} seed={seed}"
                 lines.append(f"{name}: seed {seed} missing; train it with `{train}`")
             done = {r.seed for r in matched if r.summary.stats}
             for seed in sorted({r.seed for r in matched} - done - {None}):
