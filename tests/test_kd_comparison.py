@@ -171,6 +171,11 @@ def test_rows_take_another_car_relation_only_when_theirs_is_absent_and_unique():
     assert [r.name for r in row_runs(spec, old)] == ["p1", "p2"]  # an old sweep keeps its row
     mixed = [*old, run("d1", spec.variant)]
     assert [r.name for r in row_runs(spec, mixed)] == ["d1"]  # the row's own relation wins
+    # Once the sweep has runs of the row's relation (here in another row), no row borrows.
+    car_row = RowSpec("t1ce/car", ("T1ce",), make_variant("t1ce", (F, F, T, F)))
+    paper_car = run("pc", make_variant("t1ce", (F, F, T, F), car_relation=PAPER_CAR_RELATION))
+    assert [r.name for r in row_runs(car_row, [*old, paper_car])] == ["pc"]
+    assert row_runs(car_row, [*mixed, paper_car]) == []
     assert row_runs(spec, [*old, run("o", other)]) == []  # two others: no guess
     # A row without CAR never takes a run with it, whatever its relation.
     assert row_runs(RowSpec("t1ce/crr_mf", ("T1ce",), crr_mf), old) == [old[2]]

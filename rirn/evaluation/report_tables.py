@@ -9,10 +9,10 @@ knowledge-transfer switches ``loss.kd``, ``loss.feature`` (:class:`Variant`, in
 row of these tables (its table is :mod:`rirn.evaluation.method_table`'s). Every table row
 expects one variant (:class:`RowSpec`); a row matched by none stays in the table as *missing*.
 CAR's relation (``loss.car_normalize``, ``loss.car_temperature``) is part of the variant, but a
-row of rirn's default relation that no run matches takes the runs that differ from it only
-there, when they share one relation (:func:`row_runs`): a sweep trained with the paper's
-relation keeps its tables. Other settings (data, epochs, weights, seed) do not tell rows apart.
-Runs of one row that differ only in ``seed`` (:attr:`RunResult.seed`) are grouped by
+row of rirn's default relation in a sweep without any run of that relation takes the runs that
+differ from it only there, when they share one relation (:func:`row_runs`): a sweep trained with
+the paper's relation keeps its tables. Other settings (data, epochs, weights, seed) do not tell
+rows apart. Runs of one row that differ only in ``seed`` (:attr:`RunResult.seed`) are grouped by
 :mod:`rirn.evaluation.seed_tables` when some row of Tables 4, 6 or 7 has two or more seeds: one
 line per row with mean ± std over seeds and paired deltas with 95% Student-t intervals.
 Otherwise (one seed) a row matched by several runs (e.g. the same configuration trained by two
@@ -239,14 +239,18 @@ class RunResult:
 
 
 def row_runs(spec: RowSpec, runs: Iterable[RunResult]) -> list[RunResult]:
-    """The runs that belong in a row: those of exactly its variant; for a row with CAR on and
-    no such run, those that differ from it only in CAR's relation, if they all share one (a
-    sweep trained with the paper's relation, or before rirn had the option, keeps its rows;
-    a sweep with several other relations and none of the row's fills it with none)."""
+    """The runs that belong in a row: those of exactly its variant. A row with CAR on, in a
+    sweep where *no* run has the row's CAR relation, takes instead the runs that differ from it
+    only in that relation, if they all share one: a sweep trained with the paper's relation (or
+    before rirn had the option) keeps its rows, while a sweep that mixes relations never fills
+    a row of one table with another relation than its other rows."""
     runs = list(runs)
     exact = [r for r in runs if r.variant == spec.variant]
-    if exact or spec.variant is None:
+    if exact or spec.variant is None or spec.variant.car_relation is None:
         return exact
+    relations = {r.variant.car_relation for r in runs if r.variant is not None}
+    if spec.variant.car_relation in relations:
+        return []
     other = [r for r in runs if same_but_car_relation(r.variant, spec.variant)]
     return other if len({r.variant.car_relation for r in other}) == 1 else []
 
