@@ -91,6 +91,28 @@ def test_resume_continues_epoch_count(smoke_run, tmp_path, cache_root):
     assert before["history"] == after["history"][:2]
 
 
+def test_fresh_run_over_an_earlier_one_starts_its_own_history(
+    smoke_run, tmp_path, cache_root, caplog
+):
+    # Without resume=true the same folder trains from scratch: the old 2-epoch history and
+    # best.pt must not mix into the new 1-epoch run.
+    run_dir, _ = smoke_run
+    shutil.copytree(run_dir, tmp_path / "again")
+    overrides = [
+        "debug=smoke",
+        f"data.cache_root={cache_root}",
+        "trainer.progress=false",
+        "trainer.max_epochs=1",
+    ]
+    with caplog.at_level("WARNING", logger="rirn.train"):
+        train_run(tmp_path, overrides, name="again")
+    assert "holds an earlier run" in caplog.text and "resume=true" in caplog.text
+    assert [r["epoch"] for r in history(tmp_path / "again")] == [1]
+    for name in ("last.pt", "best.pt"):
+        ckpt = load_checkpoint(tmp_path / "again" / "checkpoints" / name)
+        assert ckpt["epoch"] == 1 and ckpt["config"]["trainer"]["max_epochs"] == 1, name
+
+
 def test_frozen_teacher_is_unchanged(smoke_run, tmp_path, cache_root):
     run_dir, _ = smoke_run
     teacher_ckpt = run_dir / "checkpoints" / "last.pt"

@@ -160,6 +160,8 @@ class CoTrainer:
             self.logger.history_path.unlink(missing_ok=True)
             for row in self.history:
                 self.logger.history(row)
+        else:
+            self._start_over_earlier_run()
         while self.epoch < self.max_epochs:
             t0 = time.time()
             lr = self.nets.opt_main.param_groups[0]["lr"]
@@ -193,6 +195,23 @@ class CoTrainer:
             barrier(self.dist)
         self.logger.close()
         return self.history[-1] if self.history else {}
+
+    def _start_over_earlier_run(self) -> None:
+        """A run without ``resume=true`` in the folder of an earlier run trains from scratch
+        over it. Its history goes now, so the two never mix in ``metrics.jsonl``; its best.pt
+        too, or ``rirn.evaluate`` would score the old network until this run's first
+        validation. last.pt stays until this run's first epoch replaces it, so stopping at once
+        and resuming still recovers the earlier run."""
+        last = self.ckpt_dir / "last.pt"
+        if not self.dist.is_main or not (last.exists() or self.logger.history_path.exists()):
+            return
+        log.warning(
+            f"{self.run_dir} holds an earlier run; training from scratch over it (its "
+            f"metrics.jsonl and best.pt removed, last.pt replaced after the first epoch). "
+            f"To continue that run instead, stop now and pass resume=true."
+        )
+        self.logger.history_path.unlink(missing_ok=True)
+        (self.ckpt_dir / "best.pt").unlink(missing_ok=True)
 
     def _val_due(self) -> bool:
         every = max(1, int(self.cfg.trainer.val_every))
