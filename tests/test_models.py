@@ -343,6 +343,8 @@ def test_build_from_yaml():
         ({"dropout": 1.5}, "model.dropout"),
         ({"dropout_position": "end"}, "model.dropout_position"),
         ({"nonlocal_scaled": "yes"}, "model.nonlocal_scaled"),
+        ({"head_prior": 1.0}, "model.head_prior"),
+        ({"head_prior": 0}, "model.head_prior"),
         ({"widht": [8]}, "model.widht"),
         ({"discriminator": {"channels": 0}}, "model.discriminator.channels"),
         ({"discriminator": {"chanels": 8}}, "model.discriminator.chanels"),
@@ -359,6 +361,30 @@ def test_builder_config_errors(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
         build_unet(cfg, in_channels=1)
         build_discriminator(cfg)
+
+
+@pytest.mark.parametrize("prior", [0.1, 0.5, 0.01])
+def test_head_prior_sets_the_initial_probability_and_nothing_else(prior):
+    torch.manual_seed(0)
+    default = UNet3D(1, widths=(8, 16), blocks_down=(1, 1), blocks_up=(1,), nonlocal_scale=None)
+    torch.manual_seed(0)
+    primed = UNet3D(
+        1,
+        widths=(8, 16),
+        blocks_down=(1, 1),
+        blocks_up=(1,),
+        nonlocal_scale=None,
+        head_prior=prior,
+    )
+    # sigmoid(b) = p  <=>  b = log(p / (1 - p)), computed by hand
+    expected = torch.full((3,), math.log(prior) - math.log1p(-prior))
+    torch.testing.assert_close(primed.head.bias.detach(), expected)
+    torch.testing.assert_close(torch.sigmoid(primed.head.bias.detach()), torch.full((3,), prior))
+    for (name, a), b in zip(
+        default.state_dict().items(), primed.state_dict().values(), strict=True
+    ):
+        if name != "head.bias":
+            assert torch.equal(a, b), name
 
 
 # ---------------------------------------------------------------- discriminator

@@ -468,3 +468,62 @@ def test_resume_refuses_a_loss_the_run_did_not_train_with():
     stored["weight"]["crr"] = 0.5
     with pytest.raises(ConfigError, match=r"\(car_normalize, car_temperature, weight.crr\)"):
         check_resume_loss(stored, cfg.loss)
+
+
+def test_resume_refuses_other_optimiser_groups():
+    from rirn.training.setup import check_resume_optim
+
+    check_resume_optim({}, {"head_lr_scale": 1.0})  # a checkpoint from before the key: 1
+    check_resume_optim({"head_lr_scale": 4}, {"head_lr_scale": 4.0})
+    with pytest.raises(ConfigError, match=r"optim.head_lr_scale=1.0 to resume"):
+        check_resume_optim({}, {"head_lr_scale": 4})
+
+
+@pytest.mark.parametrize("value", [0, -1, "fast", True])
+def test_check_config_rejects_a_bad_head_lr_scale(value, tmp_path):
+    cfg = compose_config("train", [f"optim.head_lr_scale={value}"])
+    with pytest.raises(ConfigError, match="optim.head_lr_scale"):
+        check_config(cfg, tmp_path)
+
+
+def test_head_lr_scale_moves_only_the_heads_faster():
+    from rirn.training.nets import build_step_nets
+
+    cfg = compose_config("train", [*SMALL_MODEL, "loss=baseline"])
+    lr, scale = 1e-3, 4.0
+    nets = {}
+    for k in (1.0, scale):
+        cfg.optim.head_lr_scale = k
+        torch.manual_seed(0)
+        nets[k] = build_step_nets(cfg.model, cfg.loss, cfg.optim, 1, torch.device("cpu"))
+    one, four = nets[1.0].opt_main, nets[scale].opt_main
+    # Scale 1: one group, student then teacher, as before the option (old checkpoints resume).
+    student, teacher = nets[1.0].student, nets[1.0].teacher
+    assert len(one.param_groups) == 1
+    assert [id(p) for p in one.param_groups[0]["params"]] == [
+        id(p) for p in [*student.parameters(), *teacher.parameters()]
+    ]
+    body, head = four.param_groups
+    s4, t4 = nets[scale].student, nets[scale].teacher
+    assert {id(p) for p in head["params"]} == {
+        id(p) for p in [*s4.head.parameters(), *t4.head.parameters()]
+    }
+    assert len(body["params"]) + len(head["params"]) == len(list(s4.parameters())) * 2
+    assert (body["lr"], head["lr"]) == (lr, lr * scale)
+    # Adam's first step moves every weight with a gradient by lr (m / sqrt(v) = sign(g)):
+    # the heads by 4 lr, everything else by lr.
+    before = {n: p.detach().clone() for n, p in s4.named_parameters()}
+    batch = make_batch()
+    out = s4(batch["image"][:, 2:3])
+    out.logits.square().mean().backward()
+    four.step()
+    checked = set()
+    for name, p in s4.named_parameters():
+        step = (p.detach() - before[name]).abs()
+        moved = step[p.grad.abs() > 1e-4]  # Adam's eps (1e-8) shrinks steps of tiny gradients
+        if moved.numel() == 0:  # e.g. theta/phi behind the non-local block's zero gate
+            continue
+        expected = lr * scale if name.startswith("head.") else lr
+        torch.testing.assert_close(moved, torch.full_like(moved, expected), rtol=1e-3, atol=0)
+        checked.add(name.split(".")[0])
+    assert {"head", "init_conv", "encoder", "decoder"} <= checked

@@ -43,6 +43,7 @@ UNET_KEYS: tuple[str, ...] = (
     "nonlocal_scale",
     "nonlocal_channels",
     "nonlocal_scaled",
+    "head_prior",
 )
 _SEQUENCE_KEYS = ("widths", "blocks_down", "blocks_up")
 _DISCRIMINATOR_KEYS = ("channels",)

@@ -142,6 +142,10 @@ class UNet3D(nn.Module):
             non-local block sits (``1 <= 2^s <= 2^(depth-1)``), or ``None`` for no block.
         nonlocal_channels: ``C'`` of the non-local embeddings.
         nonlocal_scaled: ``1/sqrt(C')`` on the attention logits (default off, as the paper).
+        head_prior: the region probability the untrained head outputs everywhere: its bias
+            starts at ``log(p / (1 - p))`` (RetinaNet's prior initialisation, Lin et al. 2017,
+            Sec. 4.1); ``None`` keeps PyTorch's default bias (the paper). See
+            docs/method.md, "Training recipe", for why.
 
     Forward:
         ``x (B, in_channels, *S)`` float, each of the three spatial sizes divisible by
@@ -167,6 +171,7 @@ class UNet3D(nn.Module):
         nonlocal_scale: int | None = 8,
         nonlocal_channels: int = 64,
         nonlocal_scaled: bool = False,
+        head_prior: float | None = None,
     ) -> None:
         super().__init__()
         widths, blocks_down, blocks_up = tuple(widths), tuple(blocks_down), tuple(blocks_up)
@@ -212,6 +217,14 @@ class UNet3D(nn.Module):
         if not isinstance(nonlocal_scaled, bool):
             raise ValueError(f"nonlocal_scaled must be true or false; got {nonlocal_scaled!r}")
 
+        if head_prior is not None and (
+            isinstance(head_prior, bool)
+            or not isinstance(head_prior, (int, float))
+            or not 0 < head_prior < 1
+        ):
+            raise ValueError(
+                f"head_prior must be a probability in (0, 1) or null; got {head_prior!r}"
+            )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.widths = widths
         norm_fn = functools.partial(make_norm, norm, groups=norm_groups)
@@ -249,6 +262,9 @@ class UNet3D(nn.Module):
         self.head_norm = norm_fn(widths[0])
         self.head_act = nn.ReLU(inplace=True)
         self.head = nn.Conv3d(widths[0], out_channels, kernel_size=1)
+        if head_prior is not None:
+            # No random draw: every other weight is the same as with the default init.
+            nn.init.constant_(self.head.bias, math.log(head_prior / (1 - head_prior)))
 
     @property
     def size_divisor(self) -> int:

@@ -22,7 +22,12 @@ from rirn.training.data import DataBundle
 from rirn.training.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from rirn.training.logs import RunLogger, summary_line, validation_picture
 from rirn.training.nets import build_step_nets
-from rirn.training.setup import RunSettings, check_resume_loss, load_teacher_weights
+from rirn.training.setup import (
+    RunSettings,
+    check_resume_loss,
+    check_resume_optim,
+    load_teacher_weights,
+)
 from rirn.training.steps import TERMS, StepNets, distill_scale, train_step
 
 log = logging.getLogger("rirn.train")
@@ -155,6 +160,7 @@ class CoTrainer:
         if self.cfg.resume:
             state = load_checkpoint(self.ckpt_dir / "last.pt", map_location=self.device)
             check_resume_loss(state["config"]["loss"], self.cfg.loss)
+            check_resume_optim(state["config"].get("optim", {}), self.cfg.optim)
             self.load_state_dict(state)
             log.info(f"resumed from {self.ckpt_dir / 'last.pt'} after epoch {self.epoch}")
             self.logger.history_path.unlink(missing_ok=True)

@@ -134,6 +134,19 @@ def _flat(tree, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def _refuse_changes(group: str, what: str, old: dict, new: dict) -> None:
+    changed = sorted(k for k in new if k in old and old[k] != new[k])
+    if changed:
+        keep = " ".join(
+            f"{group}.{k}={str(old[k]).lower() if isinstance(old[k], bool) else old[k]}"
+            for k in changed
+        )
+        raise ConfigError(
+            f"resume=true would change the {what} the run trained with ({', '.join(changed)}); "
+            f"add {keep} to resume it as trained, or start a new run"
+        )
+
+
 def check_resume_loss(stored: dict, current) -> None:
     """Refuse to resume a run under other ``loss`` settings than it trained with (a default
     that changed between rirn versions would otherwise switch the method mid-run, silently).
@@ -145,18 +158,21 @@ def check_resume_loss(stored: dict, current) -> None:
     Raises:
         ConfigError: one line with the differing keys and the overrides that resume as trained.
     """
-    old = LEGACY_LOSS | _flat(stored)
     new = _flat(OmegaConf.to_container(current, resolve=True))
-    changed = sorted(k for k in new if k in old and old[k] != new[k])
-    if changed:
-        keep = " ".join(
-            f"loss.{k}={str(old[k]).lower() if isinstance(old[k], bool) else old[k]}"
-            for k in changed
-        )
-        raise ConfigError(
-            f"resume=true would change the loss the run trained with ({', '.join(changed)}); "
-            f"add {keep} to resume it as trained, or start a new run"
-        )
+    _refuse_changes("loss", "loss", LEGACY_LOSS | _flat(stored), new)
+
+
+#: ``optim`` keys a resumed run must keep, with their value in checkpoints from before the key
+#: existed: ``head_lr_scale`` decides the parameter groups of the stored Adam state.
+RESUME_OPTIM: dict[str, object] = {"head_lr_scale": 1.0}
+
+
+def check_resume_optim(stored: dict, current) -> None:
+    """:func:`check_resume_loss` for the ``optim`` keys of :data:`RESUME_OPTIM` (``stored``:
+    the checkpoint's ``config["optim"]``; ``current``: this run's ``cfg.optim``)."""
+    old = {k: float(stored.get(k, v)) for k, v in RESUME_OPTIM.items()}
+    new = {k: float(current.get(k, v)) for k, v in RESUME_OPTIM.items()}
+    _refuse_changes("optim", "optimiser groups", old, new)
 
 
 def check_teacher(cfg: DictConfig) -> None:
@@ -278,6 +294,13 @@ def check_config(cfg: DictConfig, run_dir: Path) -> RunSettings:
             f"trainer.val_inference={cfg.trainer.val_inference!r} is not one of "
             f"{', '.join(VAL_INFERENCE)}"
         )
+    head_lr_scale = cfg.optim.get("head_lr_scale", 1)
+    if (
+        isinstance(head_lr_scale, bool)
+        or not isinstance(head_lr_scale, (int, float))
+        or (head_lr_scale <= 0)
+    ):
+        raise ConfigError(f"optim.head_lr_scale={head_lr_scale!r} must be a number > 0")
     if not 0.0 <= float(cfg.data.get("fg_prob", 0.0)) <= 1.0:
         raise ConfigError(f"data.fg_prob={cfg.data.fg_prob} must be in [0, 1]")
     if int(cfg.trainer.max_epochs) < 1:
