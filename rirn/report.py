@@ -53,6 +53,7 @@ from rirn.config import CONFIG_DIR
 from rirn.errors import ConfigError, DataError, cli_errors
 from rirn.evaluate import evaluate_sweep
 from rirn.evaluation import method_table
+from rirn.evaluation.recipes import difference_lines, recipe_differences
 from rirn.evaluation.render import markdown_table, render_latex, render_markdown
 from rirn.evaluation.report_csv import write_table_csv
 from rirn.evaluation.report_tables import (
@@ -110,6 +111,16 @@ def read_run_config(run_dir: Path) -> tuple[Variant | None, int | None]:
     seed = config.get("seed") if isinstance(config, DictConfig) else None
     # A seed of another type (a string, a list) cannot be paired with the others' ints.
     return variant, seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def read_config_dict(run_dir: Path) -> dict | None:
+    """A run's ``.hydra/config.yaml`` as a plain dict, interpolations left as written
+    (``None`` when unreadable)."""
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    except Exception:  # noqa: BLE001 - an unreadable config is reported elsewhere
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def read_variant(run_dir: Path) -> Variant | None:
@@ -350,6 +361,8 @@ def write_report(cfg: DictConfig, sweep: Path, out: Path, asked: Sequence | None
         f"Δ AVG = AVG minus the reference row's AVG (mean over its runs{paired}), in Dice "
         f"points. {several}",
     ]
+    configs = {e.name: c for e in entries if (c := read_config_dict(e.path)) is not None}
+    lines += difference_lines(recipe_differences(configs))
     for table in tables:
         lines += ["", *write_table(out, table, runs, per_case, settings, bool(cfg.paper))]
     if not tables:

@@ -10,8 +10,9 @@ so it never tells two runs apart. A config from before a switch existed reads it
 one from before the CAR options as the paper's relation: the runs of older sweeps keep their
 variants.
 
-Everything else (data, epochs, weights, seed) is the same within a sweep by construction and is
-not part of the variant.
+Everything else (data, epochs, weights, seed) is the same within one ``-m`` launch and is not
+part of the variant; when runs trained with other overrides share a folder, the report names
+the settings that differ (:mod:`rirn.evaluation.recipes`).
 """
 
 from __future__ import annotations
