@@ -156,7 +156,9 @@ def test_batch_has_every_region():
 
 
 def test_bf16_step_agrees_with_fp32_reference_on_cpu():
-    cfg = _cfg(["device=cpu", *TINY_MODEL])
+    # PyTorch's default head bias: with rirn's prior (p = 0.12) the untrained teacher predicts
+    # no region, so the mask filter leaves CRR nothing to compare at the first step.
+    cfg = _cfg(["device=cpu", *TINY_MODEL, "model.head_prior=null"])
     setup = StepSetup(cfg.model, cfg.loss, cfg.optim, [2], CPU, (16, 16, 16), steps=1, warmup=1)
     ref = run_variant(REFERENCE, setup)
     bf16 = run_variant(parse_variant("bf16"), setup)
