@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from rirn.training.setup import LEGACY_LOSS, RESUME_OPTIM
+from rirn.training.setup import LEGACY_LOSS, RESUME_OPTIM, flatten_config
 
 #: Keys that differ between the runs of a sweep by design (what a sweep varies, where the
 #: files go, how a run is shown) or that cannot change the result (the loader's workers).
@@ -61,17 +61,6 @@ LEGACY: dict[str, object] = {
 ABSENT = "(absent)"
 
 
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become tuples (hashable, comparable)."""
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out |= flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
 def _shown(value: object) -> str:
     if value is None:
         return "null"
@@ -96,7 +85,7 @@ def recipe_differences(configs: Mapping[str, Mapping]) -> dict[str, dict[str, li
         ["b", "c"]}}``. A key missing from a run reads as its :data:`LEGACY` value, else as
         :data:`ABSENT`. Ints and floats of the same value are equal (``1 == 1.0``).
     """
-    flat = {name: flatten(cfg) for name, cfg in configs.items()}
+    flat = {name: flatten_config(cfg) for name, cfg in configs.items()}
     keys = sorted(set().union(*flat.values()) - PER_RUN_KEYS - VARIANT_KEYS) if flat else []
     out: dict[str, dict[str, list[str]]] = {}
     for key in keys:

@@ -124,13 +124,15 @@ LEGACY_LOSS: dict[str, object] = {
 }
 
 
-def _flat(tree, prefix: str = "") -> dict[str, object]:
+def flatten_config(tree, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (a plain nested dict); lists become tuples, so that
+    values are hashable and compare by content."""
     out: dict[str, object] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
+            out |= flatten_config(value, f"{prefix}{key}.")
         else:
-            out[f"{prefix}{key}"] = value
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
     return out
 
 
@@ -158,8 +160,8 @@ def check_resume_loss(stored: dict, current) -> None:
     Raises:
         ConfigError: one line with the differing keys and the overrides that resume as trained.
     """
-    new = _flat(OmegaConf.to_container(current, resolve=True))
-    _refuse_changes("loss", "loss", LEGACY_LOSS | _flat(stored), new)
+    new = flatten_config(OmegaConf.to_container(current, resolve=True))
+    _refuse_changes("loss", "loss", LEGACY_LOSS | flatten_config(stored), new)
 
 
 #: ``optim`` keys a resumed run must keep, with their value in checkpoints from before the key
