@@ -80,7 +80,8 @@ def test_output_shapes_and_order():
     x = torch.randn(2, 2, *size)
     out = model(x)
     assert isinstance(out, UNetOutput)
-    assert out._fields == ("logits", "features", "query", "key")
+    assert out._fields == ("logits", "features", "query", "key", "deep_logits")
+    assert out.deep_logits == ()
     assert out.logits.shape == (2, 3, *size)
     assert out.features.shape == (2, 16, *size)
     n = math.prod(size) // 8**3

@@ -5,6 +5,8 @@ equation       function                                   module
 =============  =========================================  ================================
 Eq. 1          :func:`dice_loss`                          :mod:`rirn.losses.dice`
 Eq. 1 + BCE    :func:`dice_bce_loss` (``loss.seg``)        :mod:`rirn.losses.dice`
+(not paper)    :func:`deep_supervision_loss`              :mod:`rirn.losses.dice`
+               (``model.deep_supervision``)
 Eq. 2-5        :func:`crr_loss` (``region_masks``,         :mod:`rirn.losses.crr`
                ``region_centres``, ``region_relation``)
 Eq. 6-7        :func:`relation`, :func:`car_loss`         :mod:`rirn.losses.car`
@@ -37,6 +39,8 @@ from rirn.losses.dice import (
     SEG_LOSSES,
     DiceLoss,
     bce_loss,
+    deep_supervision_loss,
+    deep_supervision_weights,
     dice_bce_loss,
     dice_loss,
     segmentation_loss,
@@ -61,6 +65,8 @@ __all__ = [
     "adversarial_loss",
     "car_loss",
     "crr_loss",
+    "deep_supervision_loss",
+    "deep_supervision_weights",
     "dice_loss",
     "discriminator_loss",
     "feature_loss",

@@ -18,6 +18,8 @@ Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,6 +30,8 @@ __all__ = [
     "DiceLoss",
     "bce_loss",
     "dice_bce_loss",
+    "deep_supervision_loss",
+    "deep_supervision_weights",
     "dice_loss",
     "segmentation_loss",
     "upcast",
@@ -170,6 +174,45 @@ def segmentation_loss(logits: Tensor, target: Tensor, loss_cfg) -> Tensor:
             eps=eps,
         )
     raise ValueError(f"loss.seg={kind!r} is not one of {', '.join(SEG_LOSSES)}")
+
+
+def deep_supervision_weights(levels: int) -> list[float]:
+    """nnU-Net's deep-supervision weights for ``levels`` outputs (full resolution first):
+    ``2^-k`` for output ``k``, normalised to sum 1, so that the segmentation loss keeps the scale
+    it has without deep supervision (the distillation weights are relative to it).
+    E.g. ``levels = 3 -> [4/7, 2/7, 1/7]``."""
+    raw = [0.5**k for k in range(levels)]
+    return [w / sum(raw) for w in raw]
+
+
+def deep_supervision_loss(outputs: Sequence[Tensor], target: Tensor, loss_cfg) -> Tensor:
+    """The segmentation loss over a deeply supervised network's outputs (not in the paper).
+
+    ``sum_k w_k * segmentation_loss(outputs[k], target_k)`` with ``w`` from
+    :func:`deep_supervision_weights` and ``target_k`` the target resized to output ``k`` by
+    nearest-exact interpolation (as MONAI's ``DeepSupervisionLoss``; for the halvings of a U-Net
+    that is every second voxel, starting at the second). One output = :func:`segmentation_loss`.
+
+    Args:
+        outputs: logits, full resolution first: ``(B, 3, *S)``, then ``(B, 3, *S / 2^k)``
+            (``(out.logits, *out.deep_logits)`` of a :class:`rirn.models.UNet3D`).
+        target: ``(B, 3, *S)`` WT/TC/ET masks in ``{0, 1}``.
+        loss_cfg: the ``loss`` config group, as for :func:`segmentation_loss`.
+    """
+    if not outputs:
+        raise ValueError("deep_supervision_loss needs at least one output")
+    if len(outputs) == 1:
+        return segmentation_loss(outputs[0], target, loss_cfg)
+    total = None
+    for weight, logits in zip(deep_supervision_weights(len(outputs)), outputs, strict=True):
+        level_target = target
+        if logits.shape[2:] != target.shape[2:]:
+            level_target = F.interpolate(
+                target.float(), size=logits.shape[2:], mode="nearest-exact"
+            )
+        term = weight * segmentation_loss(logits, level_target, loss_cfg)
+        total = term if total is None else total + term
+    return total
 
 
 class DiceLoss(nn.Module):

@@ -44,6 +44,7 @@ UNET_KEYS: tuple[str, ...] = (
     "nonlocal_channels",
     "nonlocal_scaled",
     "head_prior",
+    "deep_supervision",
 )
 _SEQUENCE_KEYS = ("widths", "blocks_down", "blocks_up")
 _DISCRIMINATOR_KEYS = ("channels",)

@@ -13,7 +13,10 @@ blocks_up=(1, 1, 1))``, the backbone of ACN that the paper says it shares):
   upsampling, *additive* skip from encoder stage ``s``, residual blocks (``blocks_up`` lists
   them in this execution order, as MONAI does);
 * head: ``Norm -> ReLU`` (giving the penultimate ``features``) then a 1x1x1 conv (with bias) to
-  ``out_channels`` logits, nested regions in the order ``[WT, TC, ET]``.
+  ``out_channels`` logits, nested regions in the order ``[WT, TC, ET]``;
+* optional deep supervision (``deep_supervision = K``, not in the paper; nnU-Net's): the same
+  kind of head on the outputs of the ``K`` decoder stages below full resolution, run only in
+  training mode, so that inference and the distillation terms see the one full-resolution head.
 
 Convolutions carry no bias except the head and the non-local embeddings (a norm follows all the
 others). With the defaults and one input this is 4,700,931 parameters (exactly MONAI's
@@ -109,12 +112,16 @@ class UNetOutput(NamedTuple):
             ``N = prod(S) / nonlocal_scale**3`` (C order over the spatial axes); ``None`` when
             the block is disabled.
         key: ``(B, C', N)`` float, the phi embedding; ``None`` when the block is disabled.
+        deep_logits: the deep-supervision logits, finest first: ``deep_logits[k]`` is
+            ``(B, out_channels, *S / 2^(k+1))``; ``()`` in eval mode or with
+            ``deep_supervision = 0``.
     """
 
     logits: torch.Tensor
     features: torch.Tensor
     query: torch.Tensor | None
     key: torch.Tensor | None
+    deep_logits: tuple[torch.Tensor, ...] = ()
 
 
 def _check_positive_ints(name: str, values: Sequence[int], minimum: int = 1) -> None:
@@ -146,6 +153,10 @@ class UNet3D(nn.Module):
             starts at ``log(p / (1 - p))`` (RetinaNet's prior initialisation, Lin et al. 2017,
             Sec. 4.1); ``None`` keeps PyTorch's default bias (the paper). See
             docs/method.md, "Training recipe", for why.
+        deep_supervision: number ``K`` of decoder stages below full resolution (scales
+            ``1/2 .. 1/2^K``, ``0 <= K <= depth - 2``) that get a head of their own in training
+            mode (:attr:`UNetOutput.deep_logits`); their loss is
+            :func:`rirn.losses.deep_supervision_loss`. 0 = none (the paper).
 
     Forward:
         ``x (B, in_channels, *S)`` float, each of the three spatial sizes divisible by
@@ -172,6 +183,7 @@ class UNet3D(nn.Module):
         nonlocal_channels: int = 64,
         nonlocal_scaled: bool = False,
         head_prior: float | None = None,
+        deep_supervision: int = 0,
     ) -> None:
         super().__init__()
         widths, blocks_down, blocks_up = tuple(widths), tuple(blocks_down), tuple(blocks_up)
@@ -225,6 +237,15 @@ class UNet3D(nn.Module):
             raise ValueError(
                 f"head_prior must be a probability in (0, 1) or null; got {head_prior!r}"
             )
+        if (
+            isinstance(deep_supervision, bool)
+            or not isinstance(deep_supervision, int)
+            or not 0 <= deep_supervision <= max(depth - 2, 0)
+        ):
+            raise ValueError(
+                f"deep_supervision must be an integer in [0, len(widths) - 2 = "
+                f"{max(depth - 2, 0)}]; got {deep_supervision!r}"
+            )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.widths = widths
         norm_fn = functools.partial(make_norm, norm, groups=norm_groups)
@@ -262,9 +283,21 @@ class UNet3D(nn.Module):
         self.head_norm = norm_fn(widths[0])
         self.head_act = nn.ReLU(inplace=True)
         self.head = nn.Conv3d(widths[0], out_channels, kernel_size=1)
+        # deep_heads[k] reads the decoder output at scale 1/2^(k+1) (widths[k+1] channels).
+        # Built after every other module, so the other weights are the same with and without them.
+        self.deep_heads = nn.ModuleList(
+            nn.Sequential(
+                norm_fn(widths[k + 1]),
+                nn.ReLU(inplace=True),
+                nn.Conv3d(widths[k + 1], out_channels, kernel_size=1),
+            )
+            for k in range(deep_supervision)
+        )
         if head_prior is not None:
             # No random draw: every other weight is the same as with the default init.
-            nn.init.constant_(self.head.bias, math.log(head_prior / (1 - head_prior)))
+            bias = math.log(head_prior / (1 - head_prior))
+            for head in (self.head, *(h[-1] for h in self.deep_heads)):
+                nn.init.constant_(head.bias, bias)
 
     @property
     def size_divisor(self) -> int:
@@ -287,7 +320,14 @@ class UNet3D(nn.Module):
                 x, query, key = self.nonlocal_block(x)
             skips.append(x)
         x = self.bottleneck_dropout(x)
-        for stage, skip in zip(self.decoder, reversed(skips[:-1]), strict=True):
+        # Training mode only: the deep heads are part of the loss, not of the network's output.
+        n_deep = len(self.deep_heads) if self.training else 0
+        coarse: list[torch.Tensor] = []
+        for i, (stage, skip) in enumerate(zip(self.decoder, reversed(skips[:-1]), strict=True)):
             x = stage(x, skip)
+            scale = len(self.decoder) - 1 - i  # this stage's output is at 1/2^scale
+            if 1 <= scale <= n_deep:
+                coarse.append(self.deep_heads[scale - 1](x))
         features = self.head_act(self.head_norm(x))
-        return UNetOutput(self.head(features), features, query, key)
+        deep = tuple(reversed(coarse))  # finest first
+        return UNetOutput(self.head(features), features, query, key, deep)

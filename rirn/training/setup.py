@@ -259,11 +259,21 @@ def check_teacher_split(path, teacher: dict | None, split: dict, allow: bool) ->
         )
 
 
+#: State-dict prefix of UNet3D's deep-supervision heads.
+_DEEP_HEADS = "deep_heads."
+
+
 def load_teacher_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load ``path`` into ``model``; a mismatch is a ConfigError naming the first bad key."""
+    """Load ``path`` into ``model``; a mismatch is a ConfigError naming the first bad key.
+
+    Deep-supervision heads (``deep_heads.*``) may differ: they are training-only outputs, so a
+    teacher trained without them is the same network at inference, and a frozen teacher never
+    runs them. Missing ones keep their initialisation; extra ones are dropped.
+    """
     state = teacher_state_dict(path)
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(_DEEP_HEADS)}
+    missing = [k for k in own if k not in state and not k.startswith(_DEEP_HEADS)]
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or shapes:
@@ -279,7 +289,7 @@ def load_teacher_weights(model: torch.nn.Module, path: str | Path) -> None:
             f"teacher.checkpoint={path} does not match the model ({what}); "
             "use the same model.* settings as the run that trained it"
         )
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)
 
 
 def check_config(cfg: DictConfig, run_dir: Path) -> RunSettings:

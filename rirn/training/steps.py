@@ -17,10 +17,10 @@ from rirn.losses import (
     adversarial_loss,
     car_loss,
     crr_loss,
+    deep_supervision_loss,
     discriminator_loss,
     feature_loss,
     kd_loss,
-    segmentation_loss,
 )
 
 #: Loss terms in the order they are logged; ``total`` is the student+teacher objective.
@@ -87,7 +87,7 @@ def compute_losses(
     w = loss_cfg.weight
     terms = {
         "seg_t": zero,
-        "seg_s": segmentation_loss(out_s.logits, target, loss_cfg),
+        "seg_s": seg_loss(out_s, target, loss_cfg),
         "crr": zero,
         "car": zero,
         "adv": zero,
@@ -104,7 +104,7 @@ def compute_losses(
         out_t = nets.teacher(image)
     probs_t = torch.sigmoid(out_t.logits.float())
     if nets.teacher_trainable:
-        terms["seg_t"] = segmentation_loss(out_t.logits, target, loss_cfg)
+        terms["seg_t"] = seg_loss(out_t, target, loss_cfg)
     distil = distill_scale > 0  # before the start epoch the terms are not even computed
     if loss_cfg.crr and distil:
         terms["crr"] = crr_loss(
@@ -144,6 +144,12 @@ def compute_losses(
         distilled = distilled + w.kd * terms["kd"] + w.feature * terms["feat"]
     terms["total"] = terms["seg_t"] + w.seg * terms["seg_s"] + distill_scale * distilled
     return terms, probs_t, probs_s
+
+
+def seg_loss(out, target: torch.Tensor, loss_cfg) -> torch.Tensor:
+    """``loss.seg`` of one network's :class:`~rirn.models.UNetOutput`, over its deep-supervision
+    outputs too when it has them (``model.deep_supervision``, training mode)."""
+    return deep_supervision_loss((out.logits, *out.deep_logits), target, loss_cfg)
 
 
 def uses_teacher(loss_cfg) -> bool:
