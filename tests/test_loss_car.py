@@ -254,6 +254,8 @@ def test_car_memory_at_paper_size_stays_far_below_n_by_n():
 
 @linux_glibc
 def test_memory_probe_detects_the_naive_n_by_n_formula():
-    # Control for the measurement itself: the naive formula must show several N x N buffers.
+    # Control for the measurement itself: the naive formula's N x N buffers must show. It keeps
+    # about 5 alive at its peak (5.0 x NN here), but one clean-clone CI run saw only 1.9 x, so
+    # the bar is one buffer: still 6x the chunked peak (0.17 x NN) that the test above bounds.
     extra = _peak_extra_bytes("naive")
-    assert extra > 2 * NN_BYTES, f"{extra / 2**20:.0f} MiB"
+    assert extra > NN_BYTES, f"{extra / 2**20:.0f} MiB"
