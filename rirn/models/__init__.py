@@ -5,7 +5,7 @@ Example:
     >>> import torch
     >>> cfg = {"widths": [16, 32, 64, 128], "nonlocal_scale": 8}
     >>> student = build_unet(cfg, in_channels=1)
-    >>> out = student(torch.zeros(1, 1, 32, 32, 32))   # UNetOutput(logits, features, query, key)
+    >>> out = student(torch.zeros(1, 1, 32, 32, 32))  # UNetOutput(logits, features, ...)
 """
 
 from __future__ import annotations
