@@ -26,6 +26,7 @@ from rirn.models import (
     embedded_gaussian_attention,
 )
 from rirn.models.stats import count_macs, count_parameters, stats_table
+from rirn.models.unet import ResBlock
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CROP = (160, 192, 128)
@@ -346,6 +347,7 @@ def test_build_from_yaml():
         ({"nonlocal_scaled": "yes"}, "model.nonlocal_scaled"),
         ({"head_prior": 1.0}, "model.head_prior"),
         ({"head_prior": 0}, "model.head_prior"),
+        ({"zero_init_residual": "yes"}, "model.zero_init_residual"),
         ({"widht": [8]}, "model.widht"),
         ({"discriminator": {"channels": 0}}, "model.discriminator.channels"),
         ({"discriminator": {"chanels": 8}}, "model.discriminator.chanels"),
@@ -386,6 +388,28 @@ def test_head_prior_sets_the_initial_probability_and_nothing_else(prior):
     ):
         if name != "head.bias":
             assert torch.equal(a, b), name
+
+
+def test_zero_init_residual_starts_every_block_as_the_identity_and_changes_nothing_else():
+    kw = dict(widths=(8, 16), blocks_down=(1, 2), blocks_up=(1,), nonlocal_scale=None)
+    torch.manual_seed(0)
+    default = UNet3D(1, **kw)
+    torch.manual_seed(0)
+    zeroed = UNet3D(1, **kw, zero_init_residual=True)
+    blocks = [m for m in zeroed.modules() if isinstance(m, ResBlock)]
+    assert len(blocks) == 1 + 2 + 1
+    x = torch.randn(2, 16, 4, 4, 4)
+    torch.testing.assert_close(blocks[1](x.clone()), x)  # encoder stage 1: x + 0
+    for (name, a), b in zip(
+        default.state_dict().items(), zeroed.state_dict().values(), strict=True
+    ):
+        if ".conv2." in name:
+            assert not b.any(), name
+        else:
+            assert torch.equal(a, b), name
+    # The zeroed convolutions still get a gradient (their input is non-zero), so they learn.
+    zeroed(torch.randn(1, 1, 8, 8, 8)).logits.sum().backward()
+    assert all(b.conv2.weight.grad.abs().sum() > 0 for b in blocks)
 
 
 # ---------------------------------------------------------------- discriminator

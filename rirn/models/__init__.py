@@ -45,6 +45,7 @@ UNET_KEYS: tuple[str, ...] = (
     "nonlocal_scaled",
     "head_prior",
     "deep_supervision",
+    "zero_init_residual",
 )
 _SEQUENCE_KEYS = ("widths", "blocks_down", "blocks_up")
 _DISCRIMINATOR_KEYS = ("channels",)

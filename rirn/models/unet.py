@@ -157,6 +157,9 @@ class UNet3D(nn.Module):
             ``1/2 .. 1/2^K``, ``0 <= K <= depth - 2``) that get a head of their own in training
             mode (:attr:`UNetOutput.deep_logits`); their loss is
             :func:`rirn.losses.deep_supervision_loss`. 0 = none (the paper).
+        zero_init_residual: start the last convolution of every residual block at zero, so
+            each block starts as the identity (torchvision's ``zero_init_residual``; Goyal et al.
+            2017, Sec. 5.1). ``False`` keeps PyTorch's default init (the paper).
 
     Forward:
         ``x (B, in_channels, *S)`` float, each of the three spatial sizes divisible by
@@ -184,6 +187,7 @@ class UNet3D(nn.Module):
         nonlocal_scaled: bool = False,
         head_prior: float | None = None,
         deep_supervision: int = 0,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         widths, blocks_down, blocks_up = tuple(widths), tuple(blocks_down), tuple(blocks_up)
@@ -246,6 +250,10 @@ class UNet3D(nn.Module):
                 f"deep_supervision must be an integer in [0, len(widths) - 2 = "
                 f"{max(depth - 2, 0)}]; got {deep_supervision!r}"
             )
+        if not isinstance(zero_init_residual, bool):
+            raise ValueError(
+                f"zero_init_residual must be true or false; got {zero_init_residual!r}"
+            )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.widths = widths
         norm_fn = functools.partial(make_norm, norm, groups=norm_groups)
@@ -298,6 +306,11 @@ class UNet3D(nn.Module):
             bias = math.log(head_prior / (1 - head_prior))
             for head in (self.head, *(h[-1] for h in self.deep_heads)):
                 nn.init.constant_(head.bias, bias)
+        if zero_init_residual:
+            # After the random draws, so every other weight is the same as without it.
+            for module in self.modules():
+                if isinstance(module, ResBlock):
+                    nn.init.zeros_(module.conv2.weight)
 
     @property
     def size_divisor(self) -> int:
