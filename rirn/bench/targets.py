@@ -192,7 +192,7 @@ def markdown(result: dict) -> str:
             lines += render(section)
     lines += [
         "",
-        "## Targets (one H100)",
+        "## Targets (set for one H100; measured on the device above)",
         "",
         "| target | value | goal | pass |",
         "| --- | ---: | ---: | --- |",
