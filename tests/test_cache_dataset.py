@@ -301,6 +301,29 @@ def test_foreground_fraction_matches_fg_prob_and_centres_are_tumour():
     assert len(uniform) == 2000 and sum(uniform) < 0.1 * 2000
 
 
+def test_fg_regions_sets_which_region_the_centre_is_drawn_from():
+    source = TumourSource()
+    _, bits, _ = source.load("m0")
+
+    def et_share(regions, n=3000):
+        # a 1^3 crop starts at its centre, so the centre's label can be read back
+        ds = TrainDataset(source, ["m0"], crop_size=(1, 1, 1), fg_prob=1, fg_regions=regions)
+        centres = [ds.window("m0", bits, np.random.default_rng(i))[0] for i in range(n)]
+        assert all(bits[c] & 1 for c in centres)  # always a tumour voxel
+        return np.mean([bits[c] == 0b111 for c in centres])
+
+    # 8 of the 64 WT voxels are ET (and TC): by hand, P(ET centre) is 8/64 drawing from WT
+    # only; 1/3 (ET) + 1/3 (TC, which is the ET core here) + 1/3 * 8/64 drawing among all
+    # three; 1 from ET only. Binomial std at n=3000 is <= 0.01: 4 std tolerance.
+    assert abs(et_share(["wt"]) - 8 / 64) < 0.04
+    assert abs(et_share(["WT", "TC", "ET"]) - (2 / 3 + 8 / 64 / 3)) < 0.04
+    assert et_share(["ET"]) == 1.0
+    with pytest.raises(ValueError, match="fg_regions"):
+        TrainDataset(source, crop_size=(1, 1, 1), fg_regions=["necrosis"])
+    with pytest.raises(ValueError, match="fg_regions"):
+        TrainDataset(source, crop_size=(1, 1, 1), fg_regions=[])
+
+
 def test_foreground_crops_stay_aligned_and_fall_back_without_tumour():
     source = TumourSource()
     ds = TrainDataset(source, ["m0", "m1"], crop_size=(8, 8, 8), flip_prob=0.5, seed=1, fg_prob=1)

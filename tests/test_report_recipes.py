@@ -74,6 +74,10 @@ def test_a_key_an_older_run_lacks_reads_as_what_it_meant_then():
     assert recipe_differences({"a": BASE, "b": unknown}) == {
         "data.fg_prob": {ABSENT: ["a"], "0.5": ["b"]}
     }
+    # before data.fg_regions existed, a tumour-centred crop drew among all three regions
+    every = _with(data__fg_regions=["WT", "TC", "ET"])
+    assert recipe_differences({"old": BASE, "new": every}) == {}
+    assert recipe_differences({"old": BASE, "new": _with(data__fg_regions=["WT"])}) != {}
 
 
 def test_the_report_line_names_only_the_runs_of_the_rarer_values():

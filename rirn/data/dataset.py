@@ -22,7 +22,7 @@ from rirn.data.transforms import (
     uncrop_to_original,
 )
 from rirn.errors import DataError
-from rirn.labels import bits_to_regions
+from rirn.labels import REGIONS, bits_to_regions
 
 __all__ = [
     "CaseSource",
@@ -30,6 +30,7 @@ __all__ = [
     "EvalDataset",
     "TrainDataset",
     "foreground_voxels",
+    "region_indices",
     "eval_collate",
     "uncrop_to_original",
 ]
@@ -61,6 +62,21 @@ def foreground_voxels(bits: np.ndarray, max_per_region: int = FOREGROUND_SAMPLES
             coords = coords[np.sort(rng.choice(len(coords), max_per_region, replace=False))]
         out.append(coords)
     return out
+
+
+def region_indices(names: Sequence[str]) -> tuple[int, ...]:
+    """Channel indices of region ``names`` (e.g. ``["wt"]`` -> ``(0,)``), sorted, without repeats.
+
+    Raises:
+        ValueError: an unknown name, or none at all.
+    """
+    if isinstance(names, str):
+        names = [names]
+    upper = [str(n).upper() for n in names]
+    unknown = [n for n in upper if n not in REGIONS]
+    if unknown or not upper:
+        raise ValueError(f"fg_regions={list(names)} must be a non-empty list of {list(REGIONS)}")
+    return tuple(sorted({REGIONS.index(n) for n in upper}))
 
 
 class CaseSource(Protocol):
@@ -98,7 +114,8 @@ class TrainDataset(Dataset):
     ``fg_prob`` the window is centred on a tumour voxel instead of placed uniformly. As in
     nnU-Net the region (WT, TC or ET) is drawn first, uniformly among those the case has, then
     one of its voxels, so the small ET and TC are seen as often as the oedema; a case without
-    tumour falls back to a uniform window. The window is then shifted to lie inside the volume
+    tumour falls back to a uniform window. ``fg_regions`` narrows the draw: ``("WT",)`` centres
+    on any tumour voxel with the same chance, as MONAI's ``RandCropByPosNegLabel`` on label > 0. The window is then shifted to lie inside the volume
     (:func:`~rirn.data.transforms.centred_crop_start`), so the chosen voxel is in it but not
     always at its centre.
 
@@ -119,6 +136,8 @@ class TrainDataset(Dataset):
         flip_prob: probability of flipping along each axis.
         seed: base seed of the ``(epoch, index)`` keyed crops.
         fg_prob: probability of a tumour-centred window (0: uniform windows only, the paper).
+        fg_regions: the regions (names of :data:`~rirn.labels.REGIONS`, any case) a centre is
+            drawn from, uniformly among those the case has.
 
     Returns (per item):
         ``{"image": float32 (4, *crop_size), "target": uint8 (3, *crop_size) WT/TC/ET masks in
@@ -135,6 +154,7 @@ class TrainDataset(Dataset):
         flip_prob: float = 0.5,
         seed: int = 0,
         fg_prob: float = 0.0,
+        fg_regions: Sequence[str] = REGIONS,
     ):
         self.source = source
         self.case_ids = _check_ids(source, case_ids)
@@ -144,6 +164,7 @@ class TrainDataset(Dataset):
         self.fg_prob = float(fg_prob)
         if not 0.0 <= self.fg_prob <= 1.0:
             raise ValueError(f"fg_prob={fg_prob} must be in [0, 1]")
+        self.fg_regions = region_indices(fg_regions)
         self._seed: int | None = None
         self._gen: np.random.Generator | None = None
         self._foreground: dict[str, list] = {}  # case -> foreground_voxels, filled on first use
@@ -175,7 +196,9 @@ class TrainDataset(Dataset):
         if self.fg_prob > 0 and rng.random() < self.fg_prob:
             if case_id not in self._foreground:
                 self._foreground[case_id] = foreground_voxels(bits)
-            present = [c for c in self._foreground[case_id] if len(c)]
+            present = [
+                c for r, c in enumerate(self._foreground[case_id]) if r in self.fg_regions and len(c)
+            ]
             if present:
                 coords = present[int(rng.integers(len(present)))]
                 centre = coords[int(rng.integers(len(coords)))]

@@ -56,6 +56,7 @@ LEGACY: dict[str, object] = {
     **{f"loss.{k}": v for k, v in LEGACY_LOSS.items()},
     **{f"optim.{k}": v for k, v in RESUME_OPTIM.items()},
     "model.head_prior": None,
+    "data.fg_regions": ("WT", "TC", "ET"),  # every region, before the key existed
 }
 #: The value written for a key a run's config does not have and :data:`LEGACY` does not know.
 ABSENT = "(absent)"

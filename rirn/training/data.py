@@ -16,6 +16,7 @@ from rirn.data.dataset import EpochKeySampler, EvalDataset, TrainDataset
 from rirn.data.split import make_split, read_split, validate_split, write_split
 from rirn.data.synthetic import GENERATOR_VERSION, ensure_synthetic
 from rirn.training.distributed import DistInfo, barrier
+from rirn.labels import REGIONS
 from rirn.training.setup import check_teacher_split, teacher_split
 
 log = logging.getLogger("rirn.train")
@@ -118,6 +119,7 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
         float(data_cfg.flip_prob),
         seed=seed,
         fg_prob=float(data_cfg.get("fg_prob", 0.0)),
+        fg_regions=list(data_cfg.get("fg_regions", REGIONS)),
     )
     # Order from (seed, epoch) and crops from (seed, epoch, index): a resumed run trains on
     # exactly the batches the interrupted one would have, whatever the number of workers.

@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from rirn.data.dataset import region_indices
 from rirn.data.modalities import parse_modalities
 from rirn.errors import ConfigError
+from rirn.labels import REGIONS
 
 AGGREGATIONS = ("mean", "max", "min", "maxmin")
 PRECISIONS = ("auto", "32", "bf16", "16")
@@ -315,6 +317,10 @@ def check_config(cfg: DictConfig, run_dir: Path) -> RunSettings:
         raise ConfigError(f"optim.head_lr_scale={head_lr_scale!r} must be a number > 0")
     if not 0.0 <= float(cfg.data.get("fg_prob", 0.0)) <= 1.0:
         raise ConfigError(f"data.fg_prob={cfg.data.fg_prob} must be in [0, 1]")
+    try:
+        region_indices(list(cfg.data.get("fg_regions", REGIONS)))
+    except ValueError as err:
+        raise ConfigError(f"data.{err}") from None
     if int(cfg.trainer.max_epochs) < 1:
         raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs} must be >= 1")
     if cfg.data.split_file and not Path(str(cfg.data.split_file)).expanduser().is_file():
