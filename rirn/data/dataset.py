@@ -115,7 +115,8 @@ class TrainDataset(Dataset):
     nnU-Net the region (WT, TC or ET) is drawn first, uniformly among those the case has, then
     one of its voxels, so the small ET and TC are seen as often as the oedema; a case without
     tumour falls back to a uniform window. ``fg_regions`` narrows the draw: ``("WT",)`` centres
-    on any tumour voxel with the same chance, as MONAI's ``RandCropByPosNegLabel`` on label > 0. The window is then shifted to lie inside the volume
+    on any tumour voxel with the same chance, as MONAI's ``RandCropByPosNegLabel`` on label > 0.
+    The window is then shifted to lie inside the volume
     (:func:`~rirn.data.transforms.centred_crop_start`), so the chosen voxel is in it but not
     always at its centre.
 
@@ -196,9 +197,8 @@ class TrainDataset(Dataset):
         if self.fg_prob > 0 and rng.random() < self.fg_prob:
             if case_id not in self._foreground:
                 self._foreground[case_id] = foreground_voxels(bits)
-            present = [
-                c for r, c in enumerate(self._foreground[case_id]) if r in self.fg_regions and len(c)
-            ]
+            voxels = self._foreground[case_id]
+            present = [c for r, c in enumerate(voxels) if r in self.fg_regions and len(c)]
             if present:
                 coords = present[int(rng.integers(len(present)))]
                 centre = coords[int(rng.integers(len(coords)))]

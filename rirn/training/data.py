@@ -15,8 +15,8 @@ from rirn.data.cache import CacheSource, ensure_cache
 from rirn.data.dataset import EpochKeySampler, EvalDataset, TrainDataset
 from rirn.data.split import make_split, read_split, validate_split, write_split
 from rirn.data.synthetic import GENERATOR_VERSION, ensure_synthetic
-from rirn.training.distributed import DistInfo, barrier
 from rirn.labels import REGIONS
+from rirn.training.distributed import DistInfo, barrier
 from rirn.training.setup import check_teacher_split, teacher_split
 
 log = logging.getLogger("rirn.train")
