@@ -116,8 +116,9 @@ class TrainDataset(Dataset):
     one of its voxels, so the small ET and TC are seen as often as the oedema; a case without
     tumour falls back to a uniform window. ``fg_regions`` narrows the draw: ``("WT",)`` centres
     on any tumour voxel with the same chance, as MONAI's ``RandCropByPosNegLabel`` on label > 0.
-    The window is then shifted to lie inside the volume (:func:`~rirn.data.transforms.
-    centred_crop_start`), so the chosen voxel is in it but not always at its centre.
+    The window is then shifted to lie inside the volume
+    (:func:`~rirn.data.transforms.centred_crop_start`), so the chosen voxel is in it but not
+    always at its centre.
 
     Items are addressed two ways:
 
