@@ -118,3 +118,12 @@ def bits_to_regions(bits: np.ndarray) -> np.ndarray:
 def labels_to_bits(seg: np.ndarray, scheme: LabelScheme) -> np.ndarray:
     """Release label map -> region-bit map (``uint8``), via :func:`labels_to_regions`."""
     return regions_to_bits(labels_to_regions(seg, scheme))
+
+
+def phenotype(bits: np.ndarray) -> str:
+    """The regions a region-bit map ``(*S)`` holds, joined in ``REGIONS`` order: ``"WT+TC+ET"``
+    (a high-grade-like case), ``"WT+TC"`` (no enhancing tumour: the low-grade-like phenotype),
+    ``"none"`` without tumour. Splits and training-case sampling group cases by it."""
+    present = int(np.bitwise_or.reduce(np.asarray(bits, dtype=np.uint8), axis=None))
+    names = [r for i, r in enumerate(REGIONS) if present >> i & 1]
+    return "+".join(names) if names else "none"

@@ -6,6 +6,7 @@ Format (docs/architecture.md)::
     <cache_dir>/<case_id>/image.npy   float32 (4, *B), z-scored, brain-box cropped
     <cache_dir>/<case_id>/seg.npy     uint8 (*B) region bits (absent when unlabelled)
     <cache_dir>/<case_id>/meta.json   see rirn.data.io.preprocess_case
+    <cache_dir>/phenotypes.json       case id -> rirn.labels.phenotype (CacheSource.phenotypes)
 
 A case is written into ``<case_id>.tmp-<random>`` and renamed into place, so a case folder
 that exists is complete; a killed run leaves only ``*.tmp-*`` folders, which readers never
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from rirn.data.discovery import CaseFiles, discover_cases
 from rirn.data.io import preprocess_case
 from rirn.errors import DataError
+from rirn.labels import phenotype
 
 CACHE_VERSION = 1
 #: A temporary case folder older than this is a leftover of a killed run, not a live writer.
@@ -153,6 +155,9 @@ def ensure_cache(
         )
     clean_stale_tmp(cache_dir)
     todo = [c for c in index.cases if not is_complete(cache_dir, c.case_id)]
+    if todo:
+        # A rewritten case may have other labels: CacheSource.phenotypes recomputes them all.
+        (cache_dir / "phenotypes.json").unlink(missing_ok=True)
     jobs = [(str(cache_dir), c, index.release, index.scheme) for c in todo]
     bar = tqdm(
         total=len(index.cases),
@@ -230,3 +235,22 @@ class CacheSource:
         seg_path = folder / "seg.npy"
         bits = np.load(seg_path, mmap_mode="r") if seg_path.is_file() else None
         return image, bits, meta
+
+    def phenotypes(self) -> dict[str, str]:
+        """Case ID -> :func:`rirn.labels.phenotype` of its labels (``"unlabelled"`` without).
+
+        Read from ``<cache_dir>/phenotypes.json``; computed and written there (atomically) the
+        first time, which reads every label map once (seconds for BraTS-sized caches).
+        """
+        path = self.cache_dir / "phenotypes.json"
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            known = {}
+        if not isinstance(known, dict) or any(c not in known for c in self.case_ids):
+            known = {}
+            for case_id in self.case_ids:
+                bits = self.load(case_id)[1]
+                known[case_id] = "unlabelled" if bits is None else phenotype(bits)
+            _write_json(path, known)
+        return {c: str(known[c]) for c in self.case_ids}

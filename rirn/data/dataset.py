@@ -25,11 +25,13 @@ from rirn.errors import DataError
 from rirn.labels import REGIONS, bits_to_regions
 
 __all__ = [
+    "BalancedSampler",
     "CaseSource",
     "EpochKeySampler",
     "EvalDataset",
     "TrainDataset",
     "foreground_voxels",
+    "phenotype_weights",
     "region_indices",
     "eval_collate",
     "uncrop_to_original",
@@ -180,10 +182,12 @@ class TrainDataset(Dataset):
             self._seed, self._gen = seed, np.random.default_rng(seed)
         return self._gen
 
-    def _rng(self, key: int | tuple[int, int]) -> tuple[int, np.random.Generator]:
+    def _rng(self, key: int | tuple[int, ...]) -> tuple[int, np.random.Generator]:
         if isinstance(key, tuple):
-            epoch, index = (int(k) for k in key)
-            return index, np.random.default_rng((self.seed, epoch, index))
+            # (epoch, index) or, from a BalancedSampler, (epoch, index, draw): a case drawn
+            # twice in an epoch gets two crops.
+            epoch, index, *draw = (int(k) for k in key)
+            return index, np.random.default_rng((self.seed, epoch, index, *draw))
         return int(key), self.rng()
 
     def window(
@@ -241,10 +245,66 @@ class EpochKeySampler(Sampler):
         self.sampler.set_epoch(epoch)
 
     def __iter__(self):
-        return ((self.epoch, int(i)) for i in self.sampler)
+        for i in self.sampler:
+            # An index, or (index, draw) from a BalancedSampler.
+            yield (self.epoch, *map(int, i)) if isinstance(i, tuple) else (self.epoch, int(i))
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+
+def phenotype_weights(phenotypes: Sequence[str], power: float) -> np.ndarray:
+    """Sampling weight of each case, ``float64 (N,)`` summing to 1: proportional to
+    ``n_g ** -power`` where ``n_g`` is the number of cases of its phenotype ``g``.
+
+    ``power`` 0 draws every case equally often (each phenotype in proportion to its cases),
+    0.5 is square-root sampling (a phenotype of ``n_g`` cases gets a share ``∝ sqrt(n_g)``, as in
+    long-tailed recognition, Mahajan et al. 2018), 1 gives every phenotype the same share.
+    """
+    if not 0.0 <= power <= 1.0:
+        raise ValueError(f"phenotype balance power={power} must be in [0, 1]")
+    _, inverse, counts = np.unique(np.asarray(phenotypes), return_inverse=True, return_counts=True)
+    weights = counts[inverse].astype(np.float64) ** -float(power)
+    return weights / weights.sum()
+
+
+class BalancedSampler(Sampler):
+    """Training cases drawn with replacement by weight: the DistributedSampler of a
+    :class:`TrainDataset` whose rare phenotypes are oversampled (:func:`phenotype_weights`).
+
+    An epoch is ``ceil(N / world_size) * world_size`` draws (as many items as
+    ``DistributedSampler`` yields), a pure function of ``(seed, epoch)``; this rank takes every
+    ``world_size``-th. Yields ``(index, draw)``: the draw's position in the epoch keys the crop,
+    so the same case drawn twice gets two crops (see :class:`EpochKeySampler`).
+
+    Args:
+        weights: ``(N,)`` sampling probabilities of the dataset's cases.
+        num_replicas, rank: the DDP world size and this process's rank.
+        seed: base seed (the run's seed).
+    """
+
+    def __init__(
+        self, weights: Sequence[float], num_replicas: int = 1, rank: int = 0, seed: int = 0
+    ):
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.weights = self.weights / self.weights.sum()
+        self.num_replicas, self.rank, self.seed = int(num_replicas), int(rank), int(seed)
+        self.per_rank = -(-len(self.weights) // self.num_replicas)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        total = self.per_rank * self.num_replicas
+        # Its own stream (tag 1), apart from the crops' (seed, epoch, index, draw) streams.
+        rng = np.random.default_rng((self.seed, self.epoch, 1))
+        drawn = rng.choice(len(self.weights), size=total, replace=True, p=self.weights)
+        for draw in range(self.rank, total, self.num_replicas):
+            yield int(drawn[draw]), draw
+
+    def __len__(self) -> int:
+        return self.per_rank
 
 
 class EvalDataset(Dataset):

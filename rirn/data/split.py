@@ -1,6 +1,7 @@
 """The train/validation split (2:1, as the paper's Sec. 4.1) and its ``split.json`` file.
 
-File format: ``{"train": [case ids], "val": [case ids], "seed": int}`` (IDs sorted). A split file
+File format: ``{"train": [case ids], "val": [case ids], "seed": int}`` (IDs sorted; plus
+``"stratified": true`` for a split stratified by phenotype). A split file
 given by the user is honoured as it is, after checking that its IDs exist.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +17,57 @@ import numpy as np
 from rirn.errors import DataError
 
 
-def make_split(case_ids: Iterable[str], seed: int = 0, val_fraction: float = 1 / 3) -> dict:
+def make_split(
+    case_ids: Iterable[str],
+    seed: int = 0,
+    val_fraction: float = 1 / 3,
+    strata: Mapping[str, str] | None = None,
+) -> dict:
     """Random split of ``case_ids`` into train and validation, deterministic in ``seed``.
 
-    The IDs are sorted first, so the split depends only on the set of IDs and the seed.
-    ``round(n * val_fraction)`` cases go to validation (at least 1 when ``n >= 2``).
+    The IDs are sorted first, so the split depends only on the set of IDs (and their strata) and
+    the seed. ``round(n * val_fraction)`` cases go to validation (at least 1 when ``n >= 2``).
+
+    With ``strata`` (case ID -> group, e.g. :func:`rirn.labels.phenotype`) the split is
+    stratified, as scikit-learn's ``StratifiedShuffleSplit``: each group sends its share of
+    ``n_val`` to validation (the floor of ``n_group * n_val / n``, the cases left over going
+    to the groups with the largest remainders, ties broken at random), so a small validation
+    set holds a rare phenotype about as often as the data does instead of by the luck of the
+    draw. Without ``strata`` it is the plain random split of earlier versions (same IDs).
 
     Returns:
-        ``{"train": sorted ids, "val": sorted ids, "seed": seed}``.
+        ``{"train": sorted ids, "val": sorted ids, "seed": seed}`` plus ``"stratified": true``
+        when ``strata`` was given.
     """
     ids = sorted(set(case_ids))
     n = len(ids)
     n_val = min(max(round(n * val_fraction), 1 if n >= 2 else 0), max(n - 1, 0))
-    order = np.random.default_rng(seed).permutation(n)
-    val = sorted(ids[i] for i in order[:n_val])
-    train = sorted(ids[i] for i in order[n_val:])
-    return {"train": train, "val": val, "seed": int(seed)}
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        order = rng.permutation(n)
+        val = sorted(ids[i] for i in order[:n_val])
+        train = sorted(ids[i] for i in order[n_val:])
+        return {"train": train, "val": val, "seed": int(seed)}
+    missing = [c for c in ids if c not in strata]
+    if missing:
+        raise ValueError(f"no stratum for case(s) {missing[:5]}")
+    groups: dict[str, list[str]] = {}
+    for c in ids:
+        groups.setdefault(str(strata[c]), []).append(c)
+    names = sorted(groups)
+    # Integer arithmetic: share n_g * n_val / n = quota + remainder / n, so ties are exact.
+    quota, remainder = np.divmod(np.array([len(groups[g]) * n_val for g in names]), n)
+    left = n_val - int(quota.sum())
+    # Largest remainder first; the random key breaks ties without favouring a group's name.
+    order = np.lexsort((rng.random(len(names)), -remainder))
+    quota[order[:left]] += 1
+    val: list[str] = []
+    for g, k in zip(names, quota, strict=True):
+        members = groups[g]
+        val += [members[i] for i in rng.permutation(len(members))[:k]]
+    chosen = set(val)
+    train = [c for c in ids if c not in chosen]
+    return {"train": train, "val": sorted(val), "seed": int(seed), "stratified": True}
 
 
 def validate_split(

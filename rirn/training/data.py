@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from rirn.data.cache import CacheSource, ensure_cache
-from rirn.data.dataset import EpochKeySampler, EvalDataset, TrainDataset
+from rirn.data.dataset import (
+    BalancedSampler,
+    EpochKeySampler,
+    EvalDataset,
+    TrainDataset,
+    phenotype_weights,
+)
 from rirn.data.split import make_split, read_split, validate_split, write_split
 from rirn.data.synthetic import GENERATOR_VERSION, ensure_synthetic
 from rirn.labels import REGIONS
@@ -73,6 +81,8 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
     else:
         root = settings.data_root
     cache_dir = default_cache_dir(data_cfg, root)
+    stratify = bool(data_cfg.get("stratify", False))
+    balance = float(data_cfg.get("phenotype_balance", 0.0))
     if dist.is_main:
         ensure_cache(
             root,
@@ -80,8 +90,11 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
             release=str(data_cfg.release),
             num_workers=int(data_cfg.preprocess_workers),
         )
+        if stratify or balance:
+            CacheSource(cache_dir).phenotypes()  # written once, before the other ranks read it
     barrier(dist)
     source = CacheSource(cache_dir)
+    phenotypes = source.phenotypes() if stratify or balance else None
     split_path = run_dir / "split.json"
     teacher_ckpt = cfg.teacher.checkpoint
     if cfg.resume and split_path.is_file():
@@ -102,6 +115,7 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
                 source.case_ids,
                 seed=int(data_cfg.split_seed),
                 val_fraction=float(data_cfg.val_fraction),
+                strata=phenotypes if stratify else None,
             )
         check_teacher_split(teacher_ckpt, from_teacher, split, allow)
     if dist.is_main:
@@ -110,6 +124,7 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
         log.info(
             f"data: {root} (cache {cache_dir}); "
             f"{len(split['train'])} train / {len(split['val'])} val cases"
+            + (f"; {describe_phenotypes(split, phenotypes)}" if phenotypes else "")
         )
     seed = int(cfg.seed)
     train_ds = TrainDataset(
@@ -123,11 +138,17 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
     )
     # Order from (seed, epoch) and crops from (seed, epoch, index): a resumed run trains on
     # exactly the batches the interrupted one would have, whatever the number of workers.
-    sampler = EpochKeySampler(
-        DistributedSampler(
+    weights = None
+    if balance:
+        weights = phenotype_weights([phenotypes[c] for c in split["train"]], balance)
+    if weights is not None and np.ptp(weights) > 0:
+        inner = BalancedSampler(weights, num_replicas=dist.world_size, rank=dist.rank, seed=seed)
+    else:
+        # One phenotype (or balance 0): every case once per epoch, as before.
+        inner = DistributedSampler(
             train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed
         )
-    )
+    sampler = EpochKeySampler(inner)
     workers = int(data_cfg.num_workers)
     loader = DataLoader(
         train_ds,
@@ -147,10 +168,17 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
     return DataBundle(loader, sampler, val_ds, indices, split, source.release, source.scheme)
 
 
+def describe_phenotypes(split: dict, phenotypes: dict[str, str]) -> str:
+    """One log phrase: how many cases of each phenotype each part of the split holds."""
+    parts = []
+    for part in ("train", "val"):
+        counts = Counter(phenotypes[c] for c in split[part])
+        parts.append(f"{part} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return "phenotypes " + "; ".join(parts)
+
+
 def seed_everything(seed: int) -> None:
     import random
-
-    import numpy as np
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
