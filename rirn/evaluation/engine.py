@@ -39,6 +39,7 @@ from rirn.evaluation.runs import LoadedCheckpoint
 from rirn.evaluation.summary import (
     Problem,
     case_rows,
+    phenotype_rows,
     read_per_case_csv,
     summarize,
     write_per_case_csv,
@@ -181,7 +182,7 @@ def write_results(
     write_summary_csv(out_dir / "summary.csv", summary, *settings_text)
     (out_dir / "summary.tex").write_text(render_latex(summary, info))
     path = out_dir / "summary.md"
-    path.write_text(render_markdown(summary, info, title))
+    path.write_text(render_markdown(summary, info, title, phenotype_rows(rows)))
     return path
 
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from rirn.data.modalities import MODALITIES, PAPER_NAMES, subset_name
-from rirn.evaluation.summary import CONVENTION, SUMMARY_REGIONS, SummaryRow
+from rirn.evaluation.summary import CONVENTION, SUMMARY_REGIONS, PhenotypeRow, SummaryRow
 
 _TITLES = {"dice": "Dice (%)", "hd95": "HD95 (mm)"}
 _SCALE = {"dice": 100.0, "hd95": 1.0}
@@ -67,14 +67,21 @@ def markdown_table(head: Sequence[str], body: Iterable[Sequence[str]]) -> list[s
     return lines + ["| " + " | ".join(cells) + " |" for cells in body]
 
 
-def render_markdown(rows: list[SummaryRow], info: Mapping[str, str], title: str) -> str:
-    """``summary.md``: a settings list, a Dice table, an HD95 table and the runs without results.
+def render_markdown(
+    rows: list[SummaryRow],
+    info: Mapping[str, str],
+    title: str,
+    phenotypes: Sequence[PhenotypeRow] = (),
+) -> str:
+    """``summary.md``: a settings list, a Dice table, an HD95 table, Dice by phenotype (when
+    the cases have more than one) and the runs without results.
 
     Args:
         rows: summary rows.
         info: ``{label: text}`` shown as a bullet list under the title (data, checkpoint,
             inference, post-processing, ...).
         title: the heading.
+        phenotypes: :func:`rirn.evaluation.summary.phenotype_rows` of the same cases.
     """
     runs = _show_runs(rows)
     lines = [f"# {title}", ""]
@@ -88,6 +95,18 @@ def render_markdown(rows: list[SummaryRow], info: Mapping[str, str], title: str)
     lines += [f"- Convention: {CONVENTION}.", cells]
     for metric in ("dice", "hd95"):
         lines += ["", f"## {_TITLES[metric]}", "", *_md_table(rows, metric, runs)]
+    if phenotypes and len({p.phenotype for p in phenotypes}) > 1:
+        lines += ["", "## Dice (%) by phenotype", ""]
+        lines += [
+            "Cases grouped by the regions their ground truth holds (WT+TC: no enhancing "
+            "tumour, so ET Dice is 1 only for an empty ET prediction); mean over cases.",
+            "",
+        ]
+        body = [
+            [p.model, p.subset, p.phenotype, str(p.n), *(_number(v, "dice") for v in p.dice)]
+            for p in phenotypes
+        ]
+        lines += markdown_table(["model", "subset", "phenotype", "n", *SUMMARY_REGIONS], body)
     problems = [r for r in rows if r.status != "ok"]
     if problems:
         lines += ["", "## Runs without results", ""]

@@ -236,6 +236,50 @@ def summarize(rows: list[Mapping], problems: Iterable[Problem] = ()) -> list[Sum
     return out
 
 
+@dataclass(frozen=True)
+class PhenotypeRow:
+    """Mean Dice of one model and subset over the cases of one phenotype.
+
+    Attributes:
+        model: ``"student"`` or ``"teacher"``.
+        subset: the input modalities' name (``subset_name``).
+        phenotype: the regions the ground truth holds (:func:`rirn.labels.phenotype`).
+        n: number of (run, case) pairs.
+        dice: mean Dice for WT, TC, ET and AVG (:data:`SUMMARY_REGIONS`).
+    """
+
+    model: str
+    subset: str
+    phenotype: str
+    n: int
+    dice: tuple[float, float, float, float]
+
+
+def phenotype_rows(rows: list[Mapping]) -> list[PhenotypeRow]:
+    """Dice by phenotype: per-case rows grouped by (model, subset) and by the regions present
+    in each case's ground truth (read off ``gt_empty``), so a collapse on a rare phenotype (no
+    enhancing tumour) shows instead of hiding in the mean. Sorted by model (students first),
+    subset, then phenotype."""
+    present: dict[tuple, list[str]] = {}
+    for r in rows:
+        if not r["gt_empty"]:
+            present.setdefault((r["model"], r["subset"], r["run"], r["case"]), []).append(
+                r["region"]
+            )
+    groups: dict[tuple[str, str, str], list[Mapping]] = {}
+    for r in rows:
+        regions = present.get((r["model"], r["subset"], r["run"], r["case"]), [])
+        name = "+".join(x for x in REGIONS if x in regions) or "none"
+        groups.setdefault((r["model"], r["subset"], name), []).append(r)
+    out = []
+    for (model, subset, name), group in groups.items():
+        values = _per_case_values(group, "dice")
+        dice = tuple(float(v) for v in values.mean(axis=0))
+        out.append(PhenotypeRow(model, subset, name, values.shape[0], dice))
+    out.sort(key=lambda p: (p.model != "student", p.subset, p.phenotype))
+    return out
+
+
 def summary_columns() -> list[str]:
     """Column names of ``summary.csv``."""
     head = ["model", "subset", "run", *(PAPER_NAMES[m] for m in MODALITIES), "n", "status"]
