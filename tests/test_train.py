@@ -286,6 +286,7 @@ def test_same_seed_same_first_losses(tmp_path, cache_root):
         ("loss.seg=focal", "loss.seg='focal'"),
         ("loss.seg_weight.bce=-1", "loss.seg_weight.bce"),
         ("data.fg_prob=1.5", "data.fg_prob"),
+        ("data.phenotype_balance=-0.5", "data.phenotype_balance=-0.5 must be in [0, 1]"),
         ("data.fg_regions=[WT,NCR]", "data.fg_regions=['WT', 'NCR']"),
     ],
 )

@@ -249,7 +249,9 @@ class CacheSource:
             known = {}
         if not isinstance(known, dict) or any(c not in known for c in self.case_ids):
             known = {}
-            for case_id in self.case_ids:
+            for case_id in tqdm(
+                self.case_ids, desc="phenotypes", unit="case", leave=False, disable=None
+            ):
                 bits = self.load(case_id)[1]
                 known[case_id] = "unlabelled" if bits is None else phenotype(bits)
             _write_json(path, known)

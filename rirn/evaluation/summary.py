@@ -260,15 +260,14 @@ def phenotype_rows(rows: list[Mapping]) -> list[PhenotypeRow]:
     in each case's ground truth (read off ``gt_empty``), so a collapse on a rare phenotype (no
     enhancing tumour) shows instead of hiding in the mean. Sorted by model (students first),
     subset, then phenotype."""
-    present: dict[tuple, list[str]] = {}
+    # A case's ground truth is the same for every model of its run.
+    present: dict[tuple[str, str], set[str]] = {}
     for r in rows:
         if not r["gt_empty"]:
-            present.setdefault((r["model"], r["subset"], r["run"], r["case"]), []).append(
-                r["region"]
-            )
+            present.setdefault((r["run"], r["case"]), set()).add(r["region"])
     groups: dict[tuple[str, str, str], list[Mapping]] = {}
     for r in rows:
-        regions = present.get((r["model"], r["subset"], r["run"], r["case"]), [])
+        regions = present.get((r["run"], r["case"]), set())
         name = "+".join(x for x in REGIONS if x in regions) or "none"
         groups.setdefault((r["model"], r["subset"], name), []).append(r)
     out = []

@@ -317,6 +317,11 @@ def check_config(cfg: DictConfig, run_dir: Path) -> RunSettings:
         raise ConfigError(f"optim.head_lr_scale={head_lr_scale!r} must be a number > 0")
     if not 0.0 <= float(cfg.data.get("fg_prob", 0.0)) <= 1.0:
         raise ConfigError(f"data.fg_prob={cfg.data.fg_prob} must be in [0, 1]")
+    if not 0.0 <= float(cfg.data.get("phenotype_balance", 0.0)) <= 1.0:
+        raise ConfigError(
+            f"data.phenotype_balance={cfg.data.phenotype_balance} must be in [0, 1] "
+            "(0: every case once per epoch, 0.5: square-root sampling, 1: phenotypes equally)"
+        )
     try:
         region_indices(list(cfg.data.get("fg_regions", REGIONS)))
     except ValueError as err:
