@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from rirn.data.transforms import uncrop_to_original
-from rirn.metrics import remove_small_et
+from rirn.metrics import BRATS_SHAPE, ET_MIN_VOXELS, remove_small_et, scaled_et_min_voxels
 
 Model = Callable[[torch.Tensor], object]
 
@@ -287,7 +287,9 @@ class InferenceSettings:
         threshold: a region is predicted where its probability is above this.
         sw_batch_size: windows per forward pass.
         amp_dtype: autocast dtype (``None``: fp32).
-        et_min_voxels: ET post-processing (:func:`rirn.metrics.remove_small_et`), ``None`` = off.
+        et_min_voxels: ET post-processing (:func:`rirn.metrics.remove_small_et`): a voxel
+            count, ``"auto"`` (mmFormer's 500 voxels of a BraTS case scaled to the case's
+            grid, :func:`rirn.metrics.scaled_et_min_voxels`) or ``None`` (off).
     """
 
     mode: str
@@ -300,7 +302,7 @@ class InferenceSettings:
     # the batch does not change the result.
     sw_batch_size: int = 4
     amp_dtype: torch.dtype | None = None
-    et_min_voxels: int | None = None
+    et_min_voxels: int | str | None = None
 
     def describe(self) -> str:
         """One line for tables, e.g. ``sliding window 160x192x128, overlap 0.5, Gaussian``."""
@@ -312,9 +314,22 @@ class InferenceSettings:
         text += ", flip TTA" if self.tta else ""
         return f"{text}, threshold {self.threshold:g}"
 
+    def et_threshold(self, shape: Sequence[int]) -> int | None:
+        """The ET post-processing threshold of a case whose original grid is ``shape``
+        (``meta["shape"]``); ``None`` when post-processing is off."""
+        if self.et_min_voxels == "auto":
+            return scaled_et_min_voxels(shape)
+        return self.et_min_voxels
+
     def describe_postprocess(self) -> str:
         if self.et_min_voxels is None:
             return "none"
+        if self.et_min_voxels == "auto":
+            x, y, z = BRATS_SHAPE
+            return (
+                f"ET < {ET_MIN_VOXELS} voxels per {x}x{y}x{z} scan (scaled to the case's grid) "
+                "relabelled to NCR"
+            )
         return f"ET < {self.et_min_voxels} voxels relabelled to NCR"
 
     def as_dict(self) -> dict:
@@ -355,18 +370,38 @@ def predict_probs(
     return probs[0]
 
 
+def case_regions(
+    probs: torch.Tensor | np.ndarray, settings: InferenceSettings, shape: Sequence[int]
+) -> np.ndarray:
+    """The masks of one case: thresholded per region, then ET post-processed when asked.
+
+    Args:
+        probs: ``(3, *B)`` region probabilities in the brain box (tensor or numpy).
+        settings: ``threshold`` and ``et_min_voxels`` are used.
+        shape: the case's original grid ``meta["shape"]`` (for ``et_min_voxels="auto"``).
+
+    Returns:
+        ``(3, *B)`` bool numpy. The ET count is the same in the box and in the whole volume
+        (nothing is predicted outside the box), so post-processing in the box is exact.
+    """
+    if isinstance(probs, torch.Tensor):
+        probs = probs.float().cpu().numpy()
+    regions = probs_to_regions(probs, settings.threshold)
+    threshold = settings.et_threshold(shape)
+    return regions if threshold is None else remove_small_et(regions, threshold)
+
+
 def _predict_box(
-    model: torch.nn.Module, image: torch.Tensor | np.ndarray, settings: InferenceSettings
+    model: torch.nn.Module,
+    image: torch.Tensor | np.ndarray,
+    meta: Mapping,
+    settings: InferenceSettings,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """``(regions bool (3, *B) numpy, probs float32 (3, *B) on the model's device)``."""
     device = next(model.parameters()).device
     x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None].to(device)
     probs = predict_probs(model, x, settings)
-    regions = probs_to_regions(probs, settings.threshold).cpu().numpy()
-    if settings.et_min_voxels is not None:
-        # The ET count is the same in the box and in the whole volume (nothing outside the box).
-        regions = remove_small_et(regions, settings.et_min_voxels)
-    return regions, probs
+    return case_regions(probs, settings, meta["shape"]), probs
 
 
 def predict_case(
@@ -388,7 +423,7 @@ def predict_case(
         ``(3, *meta["shape"])`` bool region masks (WT, TC, ET), background outside the box.
         Thresholding is per region, so the masks are not forced to be nested.
     """
-    regions, _ = _predict_box(model, image, settings)
+    regions, _ = _predict_box(model, image, meta, settings)
     return uncrop_to_original(regions, dict(meta), fill=False)
 
 
@@ -405,6 +440,6 @@ def predict_case_with_probs(
         *meta["shape"])`` float32 region probabilities, 0 outside the brain box. ET
         post-processing changes the masks only, never the probabilities.
     """
-    regions, probs = _predict_box(model, image, settings)
+    regions, probs = _predict_box(model, image, meta, settings)
     full = uncrop_to_original(probs.float().cpu().numpy(), dict(meta), fill=0.0)
     return uncrop_to_original(regions, dict(meta), fill=False), full

@@ -35,6 +35,7 @@ pooled distances instead, which gives different numbers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -48,6 +49,9 @@ HD95_EMPTY: float = 373.13
 
 #: mmFormer/RFNet: a predicted ET with fewer voxels than this is removed (see remove_small_et).
 ET_MIN_VOXELS: int = 500
+
+#: The grid of a BraTS 2018-2023 case (1 mm), the scale at which ET_MIN_VOXELS was set.
+BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
 
 
 def _pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
@@ -216,6 +220,24 @@ def region_metrics(
             "pred_empty": counts[0] + counts[1] == 0,
         }
     return out
+
+
+def scaled_et_min_voxels(shape: Sequence[int], min_voxels: int = ET_MIN_VOXELS) -> int:
+    """``postprocess.et_min_voxels=auto``: mmFormer's threshold for a case of grid ``shape``.
+
+    The threshold keeps the share of the scan that ``min_voxels`` is of a BraTS case
+    (:data:`BRATS_SHAPE`, 8,928,000 voxels):
+    ``round(min_voxels * prod(shape) / prod(BRATS_SHAPE))``, at least 1. A BraTS case gets
+    500; a synthetic 64x64x48 case (the CPU demo's: a whole brain in about 45x fewer voxels)
+    gets 11. It scales by voxel count, not by millimetres, because the synthetic cases carry
+    1 mm spacing whatever their grid.
+
+    Args:
+        shape: the case's original grid ``(X, Y, Z)`` (``meta["shape"]``), not its brain box.
+        min_voxels: the threshold at the BraTS grid.
+    """
+    ratio = math.prod(int(s) for s in shape) / math.prod(BRATS_SHAPE)
+    return max(1, round(min_voxels * ratio))
 
 
 def remove_small_et(regions, min_voxels: int = ET_MIN_VOXELS) -> np.ndarray:

@@ -16,7 +16,9 @@ WT/TC/ET; ``DiceCELoss(sigmoid=True)``; ``--crop``^3 windows (48) centred on tum
 background voxels 1:1 (``RandCropByPosNegLabel``-style); flips per axis p=0.5; Adam lr 1e-3,
 poly ``(1 - step/N)^0.9``; batch 2; N = ``--steps`` (default: the run's). Scoring: MONAI
 ``sliding_window_inference(roi_size=crop, overlap=0.5, mode="gaussian")``, sigmoid > 0.5, Dice
-by ``rirn.metrics.dice`` in the original volume on the run's validation cases, as rirn.evaluate.
+by ``rirn.metrics.dice`` in the original volume on the run's validation cases, as rirn.evaluate,
+with the same ET post-processing (``--et-min-voxels``, default ``auto`` as rirn.evaluate's
+``postprocess.et_min_voxels``; ``none`` for the raw masks).
 Writes ``OUT.json`` and ``OUT.md`` (``--out``, default ``RUN/monai_anchor``), with
 ``--save-predictions`` also ``OUT_predictions/<inputs>/<case>.npz`` (full-volume region bits);
 shows rirn's teacher and student rows from ``RUN/eval/per_case.csv`` when it exists.
@@ -49,7 +51,9 @@ from rirn.data.transforms import centred_crop_start, crop_pad, random_flip_axes,
 from rirn.errors import RirnError
 from rirn.evaluation.data import run_data
 from rirn.evaluation.runs import open_checkpoint, require_checkpoint
+from rirn.evaluation.settings import et_threshold_setting
 from rirn.evaluation.summary import read_per_case_csv
+from rirn.inference import InferenceSettings, case_regions
 from rirn.labels import REGIONS, bits_to_regions, regions_to_bits
 from rirn.metrics import dice
 
@@ -174,17 +178,23 @@ def train(source, case_ids, channels, steps, crop, seed, device, log_every=50, l
 
 @torch.no_grad()
 def predict(net, image: np.ndarray, crop, device) -> np.ndarray:
-    """Region masks ``(3, *B)`` bool of one box image ``(C, *B)``."""
+    """Region probabilities ``(3, *B)`` float32 of one box image ``(C, *B)``."""
     x = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
     logits = sliding_window_inference(
         x, roi_size=crop, sw_batch_size=4, predictor=net, overlap=0.5, mode="gaussian"
     )
-    return (torch.sigmoid(logits[0].float()) > 0.5).cpu().numpy()
+    return torch.sigmoid(logits[0].float()).cpu().numpy()
 
 
-def score(nets: dict, source, case_ids, crop, device, pred_dir: Path | None) -> list[dict]:
+def score(
+    nets: dict, source, case_ids, crop, device, pred_dir: Path | None, et_min_voxels
+) -> list[dict]:
     """Dice per region of every network on every case, in the original volume (as
-    ``rirn.evaluate``); ``nets`` maps an inputs label to ``(net, channel indices)``."""
+    ``rirn.evaluate``); ``nets`` maps an inputs label to ``(net, channel indices)``;
+    ``et_min_voxels`` as ``InferenceSettings.et_min_voxels``."""
+    settings = InferenceSettings(
+        mode="sliding_window", roi_size=(crop,) * 3, et_min_voxels=et_min_voxels
+    )
     rows = []
     dataset = EvalDataset(source, case_ids)
     for i in range(len(dataset)):
@@ -192,7 +202,8 @@ def score(nets: dict, source, case_ids, crop, device, pred_dir: Path | None) -> 
         meta, image = item["meta"], item["image"].numpy()
         gt = uncrop_to_original(item["target"].numpy().astype(bool), meta, fill=False)
         for label, (net, channels) in nets.items():
-            pred = uncrop_to_original(predict(net, image[channels], crop, device), meta, False)
+            probs = predict(net, image[channels], crop, device)
+            pred = uncrop_to_original(case_regions(probs, settings, meta["shape"]), meta, False)
             if pred_dir is not None:
                 (pred_dir / label).mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(
@@ -256,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-predictions", action="store_true")
+    parser.add_argument(
+        "--et-min-voxels", default="auto", help="ET post-processing: auto (default), N or none"
+    )
     args = parser.parse_args(argv)
     try:
         run = load_run(args.run_dir.expanduser())
@@ -282,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         nets[label] = (net, channels)
     pred_dir = out.with_name(out.name + "_predictions") if args.save_predictions else None
-    per_case = score(nets, run["source"], run["val"], crop, device, pred_dir)
+    et_min = None if args.et_min_voxels.lower() == "none" else args.et_min_voxels
+    per_case = score(
+        nets, run["source"], run["val"], crop, device, pred_dir, et_threshold_setting(et_min)
+    )
     rows = mean_rows(per_case, steps) + rirn_rows(run_dir, run["val"], steps)
     for row in rows[len(nets) :]:
         if row["cases"] != len(run["val"]):

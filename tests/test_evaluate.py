@@ -29,7 +29,7 @@ from rirn.evaluation.summary import (
 )
 from rirn.inference import sliding_window_inference
 from rirn.labels import REGIONS, get_scheme, labels_to_regions
-from rirn.metrics import region_metrics
+from rirn.metrics import region_metrics, remove_small_et
 
 from .conftest import REPO, compose_config, run_cli
 
@@ -161,7 +161,8 @@ def test_evaluate_run_writes_every_file(smoke_run, cache_root):
 
     md = (out / "summary.md").read_text()
     assert "## Dice (%)" in md and "## HD95 (mm)" in md
-    assert "sliding window 32x32x32, overlap 0.5" in md and "Post-processing: none" in md
+    assert "sliding window 32x32x32, overlap 0.5" in md
+    assert "Post-processing: ET < 500 voxels per 240x240x155 scan (scaled" in md  # the default
     assert "373.13" in md and "Dice 1, HD95 0" in md
     dice_wt = 100 * float(summary[0]["dice_WT_mean"])
     assert f"| ◦ | ◦ | • | ◦ | student | {len(val)} | {dice_wt:.2f} ± " in md
@@ -181,14 +182,17 @@ def test_evaluate_run_writes_every_file(smoke_run, cache_root):
     ckpt = open_checkpoint(smoke_run / "checkpoints" / "best.pt")
     net = ckpt.network("student")
     probs = sliding_window_inference(net, torch.from_numpy(image[[2]])[None], (32, 32, 32))
-    pred = _to_full(probs[0].numpy() > 0.5, meta)
+    # the default post-processing: mmFormer's 500 voxels scaled to this 48x48x32 grid
+    et_min = round(500 * math.prod(meta["shape"]) / (240 * 240 * 155))
+    pred = _to_full(remove_small_et(probs[0].numpy() > 0.5, et_min), meta)
     expected = region_metrics(pred, _original_regions(folder), meta["spacing"])
     _assert_rows_equal(_rows_of(rows, val[0], "student"), expected)
 
 
 def test_center_crop_matches_independent_forward_pass(smoke_run, cache_root, tmp_path):
     centre = "inference.mode=center_crop"
-    out = _evaluate([f"run_dir={smoke_run}", centre, f"output_dir={tmp_path}"])
+    raw = "postprocess.et_min_voxels=null"  # the masks as thresholded
+    out = _evaluate([f"run_dir={smoke_run}", centre, raw, f"output_dir={tmp_path}"])
     assert "centre crop 32x32x32" in (out / "summary.md").read_text()
     rows = _csv(out / "per_case.csv")
     ckpt = open_checkpoint(smoke_run / "checkpoints" / "best.pt")

@@ -10,7 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from rirn.errors import ConfigError
+from rirn.evaluation.settings import et_threshold_setting
 from rirn.inference import (
+    InferenceSettings,
+    case_regions,
     center_crop_inference,
     importance_map,
     probs_to_regions,
@@ -242,3 +246,52 @@ def test_probs_to_regions():
     assert probs_to_regions(probs).tolist() == [False, False, True, True]
     assert probs_to_regions(probs, threshold=0.3).tolist() == [False, True, True, True]
     assert probs_to_regions(probs.numpy()).dtype == np.bool_
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("auto", "auto"), ("AUTO", "auto"), (None, None), ("", None), (500, 500), ("11", 11)],
+)
+def test_et_threshold_setting(value, expected):
+    assert et_threshold_setting(value) == expected
+
+
+@pytest.mark.parametrize("value", [0, -3, "abc", 2.5, "10 voxels"])
+def test_et_threshold_setting_rejects_with_the_key(value):
+    with pytest.raises(ConfigError, match="postprocess.et_min_voxels"):
+        et_threshold_setting(value)
+
+
+def _settings(et_min_voxels) -> InferenceSettings:
+    return InferenceSettings(mode="sliding_window", roi_size=(4, 4, 4), et_min_voxels=et_min_voxels)
+
+
+def test_case_regions_thresholds_then_drops_small_et_of_the_case_grid():
+    # A box of probabilities: WT and TC everywhere above 0.5, ET on n voxels only.
+    def probs(n_et: int) -> torch.Tensor:
+        p = torch.full((3, 6, 6, 6), 0.9)
+        p[2] = 0.1
+        p[2].view(-1)[:n_et] = 0.8
+        return p
+
+    grid = (64, 64, 48)  # auto: 11 voxels
+    assert _settings("auto").et_threshold(grid) == 11
+    assert _settings(7).et_threshold(grid) == 7 and _settings(None).et_threshold(grid) is None
+    kept = case_regions(probs(11), _settings("auto"), grid)
+    assert kept.dtype == np.bool_ and kept[2].sum() == 11 and kept[:2].all()
+    dropped = case_regions(probs(10), _settings("auto"), grid)
+    assert dropped[2].sum() == 0 and dropped[:2].all()  # ET became necrosis: still TC and WT
+    assert case_regions(probs(10), _settings(None), grid)[2].sum() == 10
+    # BraTS grid: the same 10 voxels (and 499) fall under mmFormer's 500
+    assert case_regions(probs(200), _settings("auto"), (240, 240, 155))[2].sum() == 0
+    np.testing.assert_array_equal(
+        case_regions(probs(5).numpy(), _settings(None), grid), probs(5).numpy() > 0.5
+    )
+
+
+def test_describe_postprocess():
+    assert _settings(None).describe_postprocess() == "none"
+    assert _settings(20).describe_postprocess() == "ET < 20 voxels relabelled to NCR"
+    assert _settings("auto").describe_postprocess() == (
+        "ET < 500 voxels per 240x240x155 scan (scaled to the case's grid) relabelled to NCR"
+    )

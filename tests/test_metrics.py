@@ -16,6 +16,7 @@ from rirn.metrics import (
     hd95,
     region_metrics,
     remove_small_et,
+    scaled_et_min_voxels,
     sensitivity,
     specificity,
 )
@@ -234,3 +235,19 @@ def test_remove_small_et_is_mmformer_relabel_to_ncr():
     labels = regions_to_labels(regions, scheme)
     labels[labels == scheme.et] = scheme.ncr
     np.testing.assert_array_equal(regions_to_labels(remove_small_et(regions), scheme), labels)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((240, 240, 155), 500),  # BraTS: mmFormer's own threshold
+        ((64, 64, 48), 11),  # 500 * 196608 / 8928000 = 11.01
+        ((96, 96, 64), 33),  # 500 * 589824 / 8928000 = 33.03
+        ((48, 48, 32), 4),  # 500 * 73728 / 8928000 = 4.13
+        ((8, 8, 8), 1),  # 0.03 voxels: never below 1
+    ],
+)
+def test_scaled_et_min_voxels_by_hand(shape, expected):
+    assert scaled_et_min_voxels(shape) == expected
+    doubled = max(1, round(1000 * math.prod(shape) / 8928000))
+    assert scaled_et_min_voxels(shape, min_voxels=1000) == doubled

@@ -53,6 +53,31 @@ def _roi(roi_size, model_cfg: Mapping) -> tuple[int, int, int]:
         return check_crop(list(roi_size), OmegaConf.create(dict(model_cfg)))
 
 
+def et_threshold_setting(value) -> int | str | None:
+    """``postprocess.et_min_voxels`` -> ``InferenceSettings.et_min_voxels``.
+
+    ``auto`` (the default of train, evaluate and predict: mmFormer's 500 voxels of a BraTS case,
+    scaled to each case's grid), a voxel count ``>= 1``, or ``null`` (no post-processing, the
+    paper's protocol).
+
+    Raises:
+        ConfigError: anything else; the message names the key.
+    """
+    if value in (None, ""):
+        return None
+    if str(value).lower() == "auto":
+        return "auto"
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1 or str(count) != str(value).strip():
+        raise ConfigError(
+            f"postprocess.et_min_voxels={value} must be auto, an integer >= 1 or null"
+        )
+    return count
+
+
 def inference_settings(
     inference_cfg: Mapping,
     et_min_voxels,
@@ -65,7 +90,7 @@ def inference_settings(
     Args:
         inference_cfg: keys ``mode``, ``roi_size`` (``null``: ``train_crop``), ``overlap``,
             ``tta``, ``threshold``, ``sw_batch_size``.
-        et_min_voxels: ``postprocess.et_min_voxels`` (``null``/``None``: off).
+        et_min_voxels: ``postprocess.et_min_voxels`` (:func:`et_threshold_setting`).
         train_crop: the checkpoint's ``data.crop_size``.
         model_cfg: the checkpoint's ``model`` config (the window must fit its downsampling).
         dtype: autocast dtype (:func:`amp_dtype`).
@@ -87,12 +112,7 @@ def inference_settings(
     batch = int(inference_cfg.get("sw_batch_size", 4))
     if batch < 1:
         raise ConfigError(f"inference.sw_batch_size={batch} must be >= 1")
-    if et_min_voxels not in (None, ""):
-        et_min_voxels = int(et_min_voxels)
-        if et_min_voxels < 1:
-            raise ConfigError(f"postprocess.et_min_voxels={et_min_voxels} must be >= 1 or null")
-    else:
-        et_min_voxels = None
+    et_min_voxels = et_threshold_setting(et_min_voxels)
     return InferenceSettings(
         mode=mode,
         roi_size=roi,

@@ -195,7 +195,7 @@ class CoTrainer:
                         val,
                         lr,
                         row["seconds"],
-                        self.val_settings().describe(),
+                        self._val_scoring(),
                     )
                 )
             barrier(self.dist)
@@ -287,22 +287,36 @@ class CoTrainer:
     # ---------------------------------------------------------------- validation
     def val_settings(self):
         """How validation predicts a case: ``python -m rirn.evaluate``'s defaults (Gaussian
-        sliding window of the training crop over the brain box, overlap 0.5, threshold 0.5),
+        sliding window of the training crop over the brain box, overlap 0.5, threshold 0.5, ET
+        post-processing ``postprocess.et_min_voxels``),
         so the Dice that picks ``best.pt`` is the Dice the evaluation then reports;
         ``trainer.val_inference=center_crop`` scores the paper's single centre window."""
+        from omegaconf import OmegaConf
+
+        from rirn.evaluation.settings import et_threshold_setting
         from rirn.inference import InferenceSettings
 
         return InferenceSettings(
             mode=str(self.cfg.trainer.val_inference),
             roi_size=self.settings.crop_size,
             amp_dtype=self.settings.amp_dtype,
+            # postprocess.et_min_voxels: the same key and default as rirn.evaluate's
+            et_min_voxels=et_threshold_setting(
+                OmegaConf.select(self.cfg, "postprocess.et_min_voxels", default=None)
+            ),
         )
+
+    def _val_scoring(self) -> str:
+        settings = self.val_settings()
+        if settings.et_min_voxels is None:
+            return settings.describe()
+        return f"{settings.describe()}, {settings.describe_postprocess()}"
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Dice WT/TC/ET of student and teacher on this rank's share of the validation cases;
         results of all ranks are gathered so each case counts exactly once."""
-        from rirn.inference import predict_probs, probs_to_regions
+        from rirn.inference import case_regions, predict_probs
 
         teacher, student = unwrap(self.nets.teacher).eval(), unwrap(self.nets.student).eval()
         settings = self.val_settings()
@@ -321,7 +335,7 @@ class CoTrainer:
             ):
                 if net is not None:
                     probs = predict_probs(net, x, settings)
-                    preds[who] = probs_to_regions(probs.float().cpu().numpy(), settings.threshold)
+                    preds[who] = case_regions(probs, settings, item["meta"]["shape"])
             row = {} if cached is None else dict(cached[0])
             for who in preds:
                 if who == "student" or cached is None:
