@@ -52,7 +52,8 @@ import numpy as np
 import torch
 
 from rirn.data.transforms import uncrop_to_original
-from rirn.metrics import BRATS_SHAPE, ET_MIN_VOXELS, remove_small_et, scaled_et_min_voxels
+from rirn.labels import BRATS_SHAPE
+from rirn.metrics import ET_MIN_VOXELS, remove_small_et, scaled_et_min_voxels
 
 Model = Callable[[torch.Tensor], object]
 

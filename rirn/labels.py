@@ -29,6 +29,10 @@ import numpy as np
 
 REGIONS: tuple[str, str, str] = ("WT", "TC", "ET")
 
+#: The grid of every BraTS 2018-2023 case (1 mm isotropic): the scale the synthetic cases are
+#: drawn at and mmFormer's ET threshold was set at.
+BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
+
 
 @dataclass(frozen=True)
 class LabelScheme:

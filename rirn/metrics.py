@@ -41,7 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from rirn.labels import REGIONS
+from rirn.labels import BRATS_SHAPE, REGIONS
 
 #: HD95 when exactly one of prediction and ground truth is empty: the diagonal of the BraTS
 #: 240x240x155 volume, sqrt(240^2 + 240^2 + 155^2) = 373.129..., rounded as BraTS reports it.
@@ -49,9 +49,6 @@ HD95_EMPTY: float = 373.13
 
 #: mmFormer/RFNet: a predicted ET with fewer voxels than this is removed (see remove_small_et).
 ET_MIN_VOXELS: int = 500
-
-#: The grid of a BraTS 2018-2023 case (1 mm), the scale at which ET_MIN_VOXELS was set.
-BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
 
 
 def _pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
@@ -226,7 +223,7 @@ def scaled_et_min_voxels(shape: Sequence[int], min_voxels: int = ET_MIN_VOXELS) 
     """``postprocess.et_min_voxels=auto``: mmFormer's threshold for a case of grid ``shape``.
 
     The threshold keeps the share of the scan that ``min_voxels`` is of a BraTS case
-    (:data:`BRATS_SHAPE`, 8,928,000 voxels):
+    (:data:`rirn.labels.BRATS_SHAPE`, 8,928,000 voxels):
     ``round(min_voxels * prod(shape) / prod(BRATS_SHAPE))``, at least 1. A BraTS case gets
     500; a synthetic 64x64x48 case (the CPU demo's: a whole brain in about 45x fewer voxels)
     gets 11. It scales by voxel count, not by millimetres, because the synthetic cases carry

@@ -296,10 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         nets[label] = (net, channels)
     pred_dir = out.with_name(out.name + "_predictions") if args.save_predictions else None
-    et_min = None if args.et_min_voxels.lower() == "none" else args.et_min_voxels
-    per_case = score(
-        nets, run["source"], run["val"], crop, device, pred_dir, et_threshold_setting(et_min)
+    et_min = et_threshold_setting(
+        None if args.et_min_voxels.lower() == "none" else args.et_min_voxels
     )
+    per_case = score(nets, run["source"], run["val"], crop, device, pred_dir, et_min)
+    postprocess = InferenceSettings("sliding_window", crop, et_min_voxels=et_min)
     rows = mean_rows(per_case, steps) + rirn_rows(run_dir, run["val"], steps)
     for row in rows[len(nets) :]:
         if row["cases"] != len(run["val"]):
@@ -311,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "run_dir": str(run_dir.resolve()),
         "cache_dir": str(run["source"].cache_dir),
         "recipe": RECIPE.format(c=args.crop),
+        "postprocess": postprocess.describe_postprocess(),
         "steps": steps,
         "seed": seed,
         "crop": args.crop,
@@ -321,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     md = f"# MONAI anchor of {run_dir.name}\n\n{record['recipe']}; {steps} steps, seed {seed}.\n"
+    md += f"Post-processing: {record['postprocess']}.\n"
     md += f"\n{summary}\n\n## Per case\n\n{table(per_case, ('inputs', 'case'))}\n"
     out.with_suffix(".md").write_text(md)
     print(f"written: {out.with_suffix('.json')} and {out.with_suffix('.md')}")

@@ -77,6 +77,7 @@ def test_anchor_on_the_smoke_run(cache_root, tmp_path, capsys):
     record = json.loads(out.with_suffix(".json").read_text())
     split = json.loads((run_dir / "split.json").read_text())
     assert record["steps"] == history(run_dir)[-1]["step"] == 2  # the run's own step count
+    assert record["postprocess"].startswith("ET < 500 voxels per 240x240x155")  # as evaluate
     assert (record["train_cases"], record["val_cases"]) == (split["train"], split["val"])
     ours = [r for r in record["summary"] if r["model"] == "monai"]
     assert [(r["inputs"], r["steps"]) for r in ours] == [("all", 2), ("t1ce", 2)]

@@ -21,8 +21,8 @@ from enum import IntEnum
 import numpy as np
 from scipy import ndimage
 
-#: The shape all millimetre sizes below refer to (BraTS, 1 mm isotropic).
-BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
+# The shape all millimetre sizes below refer to (BraTS, 1 mm isotropic).
+from rirn.labels import BRATS_SHAPE
 
 #: Probability that a case is low-grade-like (no enhancing tumour, no necrosis).
 LOW_GRADE_FRACTION = 0.15
