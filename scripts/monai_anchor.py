@@ -187,14 +187,11 @@ def predict(net, image: np.ndarray, crop, device) -> np.ndarray:
 
 
 def score(
-    nets: dict, source, case_ids, crop, device, pred_dir: Path | None, et_min_voxels
+    nets: dict, source, case_ids, crop, device, pred_dir: Path | None, post: InferenceSettings
 ) -> list[dict]:
     """Dice per region of every network on every case, in the original volume (as
-    ``rirn.evaluate``); ``nets`` maps an inputs label to ``(net, channel indices)``;
-    ``et_min_voxels`` as ``InferenceSettings.et_min_voxels``."""
-    settings = InferenceSettings(
-        mode="sliding_window", roi_size=(crop,) * 3, et_min_voxels=et_min_voxels
-    )
+    ``rirn.evaluate``); ``nets`` maps an inputs label to ``(net, channel indices)``; ``post``
+    gives the threshold and ET post-processing (``rirn.inference.case_regions``)."""
     rows = []
     dataset = EvalDataset(source, case_ids)
     for i in range(len(dataset)):
@@ -203,7 +200,7 @@ def score(
         gt = uncrop_to_original(item["target"].numpy().astype(bool), meta, fill=False)
         for label, (net, channels) in nets.items():
             probs = predict(net, image[channels], crop, device)
-            pred = uncrop_to_original(case_regions(probs, settings, meta["shape"]), meta, False)
+            pred = uncrop_to_original(case_regions(probs, post, meta["shape"]), meta, False)
             if pred_dir is not None:
                 (pred_dir / label).mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(
@@ -299,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     et_min = et_threshold_setting(
         None if args.et_min_voxels.lower() == "none" else args.et_min_voxels
     )
-    per_case = score(nets, run["source"], run["val"], crop, device, pred_dir, et_min)
     postprocess = InferenceSettings("sliding_window", crop, et_min_voxels=et_min)
+    per_case = score(nets, run["source"], run["val"], crop, device, pred_dir, postprocess)
     rows = mean_rows(per_case, steps) + rirn_rows(run_dir, run["val"], steps)
     for row in rows[len(nets) :]:
         if row["cases"] != len(run["val"]):

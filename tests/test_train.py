@@ -288,6 +288,7 @@ def test_same_seed_same_first_losses(tmp_path, cache_root):
         ("data.fg_prob=1.5", "data.fg_prob"),
         ("data.phenotype_balance=-0.5", "data.phenotype_balance=-0.5 must be in [0, 1]"),
         ("data.fg_regions=[WT,NCR]", "data.fg_regions=['WT', 'NCR']"),
+        ("postprocess.et_min_voxels=0", "postprocess.et_min_voxels=0 must be auto"),
     ],
 )
 def test_bad_config_fails_with_message(override, message, tmp_path):

@@ -328,6 +328,10 @@ def check_config(cfg: DictConfig, run_dir: Path) -> RunSettings:
         raise ConfigError(f"data.{err}") from None
     if int(cfg.trainer.max_epochs) < 1:
         raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs} must be >= 1")
+    # Checked here, not at the first validation epochs later.
+    from rirn.evaluation.settings import et_threshold_setting
+
+    et_threshold_setting(OmegaConf.select(cfg, "postprocess.et_min_voxels", default=None))
     if cfg.data.split_file and not Path(str(cfg.data.split_file)).expanduser().is_file():
         raise ConfigError(f"data.split_file={cfg.data.split_file} does not exist")
     if cfg.resume and not (run_dir / "checkpoints" / "last.pt").is_file():
