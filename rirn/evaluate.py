@@ -6,15 +6,18 @@ Examples::
     python -m rirn.evaluate run_dir=DIR inference.mode=center_crop postprocess.et_min_voxels=500
     python -m rirn.evaluate checkpoint=DIR/checkpoints/last.pt data.root=/data/BraTS2020
     python -m rirn.evaluate sweep_dir=multirun/2026-01-01_10-00-00 reuse=true figures=true
+    python -m rirn.evaluate run_dir=DIR split=train   # the cases it trained on (fit vs held out)
 
 Input (exactly one): ``run_dir`` (its ``checkpoints/best.pt``, else ``last.pt``; its
 ``split.json`` validation cases), ``checkpoint`` (a file; the split of the run folder around it),
 or ``sweep_dir`` (every run folder of a Hydra multirun; runs without a checkpoint are listed as
-missing). ``data.root=DIR`` evaluates on all cases of another dataset instead.
+missing). ``split=train`` scores the run's training cases instead of its validation cases;
+``data.root=DIR`` evaluates on all cases of another dataset.
 
-Output (``output_dir``, default ``<run_dir>/eval`` or ``<sweep_dir>/eval``; ``eval-<name>`` for
-``data.root``): ``per_case.csv``, ``summary.csv``, ``summary.md``, ``summary.tex``, ``figures/``
-(``figures=true``; for a sweep ``figures/<run>/``) and ``evaluation.json``. A sweep also writes
+Output (``output_dir``, default ``<run_dir>/eval`` or ``<sweep_dir>/eval``; ``eval-train`` for
+``split=train``, ``eval-<name>`` for ``data.root``): ``per_case.csv``, ``summary.csv``,
+``summary.md``, ``summary.tex``, ``figures/`` (``figures=true``; for a sweep
+``figures/<run>/``) and ``evaluation.json``. A sweep also writes
 each run's own results into ``<run>/eval``, which ``reuse=true`` picks up next time when nothing
 changed. See
 :mod:`rirn.evaluation.engine` for how and where the metrics are computed.
@@ -30,7 +33,7 @@ from tqdm.auto import tqdm
 
 from rirn.config import CONFIG_DIR
 from rirn.errors import ConfigError, DataError, cli_errors
-from rirn.evaluation.data import EvalData, dataset_data, run_data
+from rirn.evaluation.data import SPLIT_PARTS, EvalData, dataset_data, run_data
 from rirn.evaluation.engine import EvalOptions, evaluate_to, write_results
 from rirn.evaluation.runs import (
     LoadedCheckpoint,
@@ -56,12 +59,15 @@ def _settings(cfg: DictConfig, ckpt: LoadedCheckpoint, options: EvalOptions) -> 
 
 
 def _output(cfg: DictConfig, base: Path, explicit: bool = True) -> Path:
-    """``output_dir`` (when ``explicit``) or ``<base>/eval`` (``eval-<dataset name>`` when
-    evaluating on ``data.root``)."""
+    """``output_dir`` (when ``explicit``) or ``<base>/eval``: ``eval-<dataset name>`` when
+    evaluating on ``data.root``, ``eval-train`` for the training split, so that no scoring
+    overwrites another's (``reuse`` and rirn.report read ``eval/`` back)."""
     if explicit and cfg.output_dir:
         return Path(str(cfg.output_dir)).expanduser()
     root = cfg.data.root
-    return base / ("eval" if not root else f"eval-{Path(str(root)).expanduser().name}")
+    if root:
+        return base / f"eval-{Path(str(root)).expanduser().name}"
+    return base / ("eval" if cfg.split == "val" else f"eval-{cfg.split}")
 
 
 def _options(cfg: DictConfig) -> EvalOptions:
@@ -82,13 +88,14 @@ class _Data:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg.data
+        self.split = str(cfg.split)
         self.progress = bool(cfg.progress)
         self.shared: EvalData | None = None
 
     def __call__(self, ckpt: LoadedCheckpoint) -> EvalData:
         c = self.cfg
         if not c.root:
-            return run_data(ckpt, c.cache_root, int(c.num_workers), self.progress)
+            return run_data(ckpt, c.cache_root, int(c.num_workers), self.progress, self.split)
         if self.shared is None:
             self.shared = dataset_data(
                 c.root, str(c.release), c.cache_dir, c.cache_root, int(c.num_workers), self.progress
@@ -157,7 +164,9 @@ def evaluate_sweep(cfg: DictConfig) -> Path:
     info = {
         "Sweep": str(sweep),
         "Runs": runs_text + (f", {len(problems)} without results" if problems else ""),
-        "Data": data.shared.description if data.shared else "validation split of each run",
+        "Data": data.shared.description
+        if data.shared
+        else f"{SPLIT_PARTS[data.split]} split of each run",
         "Inference": inference,
         "Post-processing": post,
     }
@@ -168,6 +177,24 @@ def evaluate_sweep(cfg: DictConfig) -> Path:
     return out
 
 
+def check_case_options(cfg: DictConfig) -> None:
+    """Reject a bad ``prefer``/``split`` (or ``split=train`` with ``data.root``) in one line,
+    before any checkpoint is opened; rirn.report shares these options.
+
+    Raises:
+        ConfigError: what is wrong and what the allowed values are.
+    """
+    if str(cfg.prefer) not in ("best", "last"):
+        raise ConfigError(f"prefer={cfg.prefer!r} must be best or last")
+    if str(cfg.split) not in SPLIT_PARTS:
+        raise ConfigError(f"split={cfg.split!r} must be one of {', '.join(SPLIT_PARTS)}")
+    if cfg.data.root and cfg.split != "val":
+        raise ConfigError(
+            f"split={cfg.split} picks cases of the run's own split.json; data.root=DIR evaluates "
+            "every case of another dataset: give one or the other"
+        )
+
+
 def run(cfg: DictConfig) -> Path:
     """Evaluate what ``cfg`` names (see the module docstring); returns the output folder."""
     given = [k for k in INPUTS if cfg.get(k)]
@@ -176,8 +203,7 @@ def run(cfg: DictConfig) -> Path:
             "give exactly one of run_dir=DIR, checkpoint=PATH or sweep_dir=DIR"
             + (f" (got {', '.join(given)})" if given else "")
         )
-    if str(cfg.prefer) not in ("best", "last"):
-        raise ConfigError(f"prefer={cfg.prefer!r} must be best or last")
+    check_case_options(cfg)
     out = evaluate_sweep(cfg) if cfg.sweep_dir else evaluate_one(cfg)
     print((out / "summary.md").read_text(), flush=True)
     print(f"evaluation written to {out} (summary.md, summary.csv, summary.tex, per_case.csv)")

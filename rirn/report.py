@@ -51,8 +51,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rirn.config import CONFIG_DIR
 from rirn.errors import ConfigError, DataError, cli_errors
-from rirn.evaluate import evaluate_sweep
+from rirn.evaluate import check_case_options, evaluate_sweep
 from rirn.evaluation import method_table
+from rirn.evaluation.data import SPLIT_PARTS
 from rirn.evaluation.recipes import difference_lines, recipe_differences
 from rirn.evaluation.render import markdown_table, render_latex, render_markdown
 from rirn.evaluation.report_csv import write_table_csv
@@ -348,7 +349,8 @@ def write_report(cfg: DictConfig, sweep: Path, out: Path, asked: Sequence | None
         if seeded
         else "A row with several runs has one line per run."
     )
-    data = f"all cases of {cfg.data.root}" if cfg.data.root else "validation split of each run"
+    part = SPLIT_PARTS[str(cfg.split)]
+    data = f"all cases of {cfg.data.root}" if cfg.data.root else f"{part} split of each run"
     lines = [
         f"# Report of sweep {sweep.name}",
         "",
@@ -383,8 +385,7 @@ def run(cfg: DictConfig) -> Path:
         )
     if not cfg.sweep_dir:
         raise ConfigError("give sweep_dir=DIR (a Hydra multirun folder of python -m rirn.train -m)")
-    if str(cfg.prefer) not in ("best", "last"):
-        raise ConfigError(f"prefer={cfg.prefer!r} must be best or last")
+    check_case_options(cfg)
     asked = parse_tables(cfg.tables)
     sweep = Path(str(cfg.sweep_dir)).expanduser()
     out = Path(str(cfg.output_dir)).expanduser() if cfg.output_dir else sweep / "report"

@@ -288,6 +288,41 @@ def test_checkpoint_on_other_dataset(smoke_run, cache_root):
     assert "last.pt (epoch 1, student t1ce)" in md
 
 
+def test_training_split_scores_the_cases_trained_on(smoke_run, cache_root, tmp_path):
+    """split=train: the run's training cases, into eval-train/ (eval/ untouched), with the same
+    values as scoring every case of the dataset through data.root and keeping those cases."""
+    split = json.loads((smoke_run / "split.json").read_text())
+    out = _evaluate([f"run_dir={smoke_run}", "split=train", "teacher=false"])
+    assert out == smoke_run / "eval-train"
+    rows = read_per_case_csv(out / "per_case.csv")
+    assert sorted({r["case"] for r in rows}) == sorted(split["train"])
+    assert not {r["case"] for r in rows} & set(split["val"])
+    md = (out / "summary.md").read_text()
+    assert f"training split of {smoke_run.name} ({len(split['train'])} cases" in md
+
+    (root,) = (cache_root / "synthetic").glob("*/synthetic.json")
+    every = _evaluate(
+        [
+            f"checkpoint={smoke_run / 'checkpoints' / 'best.pt'}",
+            f"data.root={root.parent}",
+            f"data.cache_root={cache_root}",
+            "teacher=false",
+            f"output_dir={tmp_path}",
+        ]
+    )
+    expected = {
+        (r["case"], r["region"]): r["dice"]
+        for r in read_per_case_csv(every / "per_case.csv")
+        if r["case"] in split["train"]
+    }
+    assert {(r["case"], r["region"]): r["dice"] for r in rows} == pytest.approx(expected)
+
+    with pytest.raises(ConfigError, match="split='test' must be one of val, train"):
+        _evaluate([f"run_dir={smoke_run}", "split=test"])
+    with pytest.raises(ConfigError, match="give one or the other"):
+        _evaluate([f"run_dir={smoke_run}", "split=train", f"data.root={root.parent}"])
+
+
 def test_bad_run_dir_is_one_line_error(tmp_path):
     result = run_cli(["-m", "rirn.evaluate", f"run_dir={tmp_path / 'nope'}"], cwd=REPO)
     assert result.returncode == 2, result.stderr

@@ -2,10 +2,11 @@
 
 Two sources:
 
-* the run's own data (default): the validation part of the run's ``split.json``, read from the
-  cache the run trained on. Its location is recomputed from the checkpoint's ``data`` config with
-  the trainer's own :func:`rirn.training.data.synthetic_root` / ``default_cache_dir``, so
-  evaluation finds exactly the folder training wrote. If that cache was deleted it is rebuilt
+* the run's own data (default): the validation part of the run's ``split.json`` (or, with
+  ``split=train``, the cases it trained on), read from the cache the run trained on. Its
+  location is recomputed from the checkpoint's ``data`` config with the trainer's own
+  :func:`rirn.training.data.synthetic_root` / ``default_cache_dir``, so evaluation finds
+  exactly the folder training wrote. If that cache was deleted it is rebuilt
   from the run's ``data.root`` (the synthetic dataset is regenerated first when the run used it:
   it is deterministic in its seed).
 * another dataset (``data.root=DIR``): all its labelled cases, preprocessed with
@@ -27,6 +28,9 @@ from rirn.evaluation.runs import LoadedCheckpoint
 
 #: ``data.cache_root`` when neither the command line nor the run says otherwise.
 DEFAULT_CACHE_ROOT = "~/.cache/rirn"
+
+#: The parts of a run's ``split.json`` an evaluation can score, and how the tables name them.
+SPLIT_PARTS: dict[str, str] = {"val": "validation", "train": "training"}
 
 
 @dataclass(frozen=True)
@@ -58,22 +62,29 @@ def run_data(
     cache_root: str | None = None,
     workers: int = 0,
     progress: bool = True,
+    part: str = "val",
 ) -> EvalData:
-    """The validation cases of the run that wrote ``ckpt``.
+    """The validation (or training) cases of the run that wrote ``ckpt``.
 
     Args:
         ckpt: an opened checkpoint inside a run directory (for its ``split.json``).
         cache_root: overrides the run's ``data.cache_root`` (e.g. on another machine).
         workers: preprocessing processes if the cache must be rebuilt.
         progress: tqdm bars while rebuilding.
+        part: ``val`` or ``train`` (a key of :data:`SPLIT_PARTS`). Scoring the training cases
+            with the same metrics shows how well the networks fit what they saw: the gap to
+            ``val`` is the generalisation gap, and a low training Dice means under-fitting.
 
     Raises:
-        ConfigError: the checkpoint is not inside a run directory (no split to use).
+        ConfigError: the checkpoint is not inside a run directory (no split to use), or
+            ``part`` is not a split part.
         DataError: the run's data cannot be found, or the split names unknown cases.
     """
     from rirn.data.synthetic import ensure_synthetic
     from rirn.training.data import default_cache_dir, synthetic_root
 
+    if part not in SPLIT_PARTS:
+        raise ConfigError(f"split={part!r} must be one of {', '.join(SPLIT_PARTS)}")
     if ckpt.run_dir is None:
         raise ConfigError(
             f"checkpoint={ckpt.path} is not inside a run directory (no split.json beside "
@@ -99,10 +110,11 @@ def run_data(
             ) from None
         source = _cached(root, cache_dir, str(data_cfg.get("release", "auto")), workers, progress)
     split = read_split(ckpt.run_dir / "split.json", source.case_ids)
-    if not split["val"]:
-        raise DataError(f"run {ckpt.run_dir}: split.json has no validation cases")
-    where = f"validation split of {ckpt.run_dir.name} ({len(split['val'])} cases, {root.name})"
-    return EvalData(source, split["val"], where)
+    cases, name = split[part], SPLIT_PARTS[part]
+    if not cases:
+        raise DataError(f"run {ckpt.run_dir}: split.json has no {name} cases")
+    where = f"{name} split of {ckpt.run_dir.name} ({len(cases)} cases, {root.name})"
+    return EvalData(source, cases, where)
 
 
 def dataset_data(
