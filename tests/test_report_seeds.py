@@ -14,6 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rirn.data.modalities import parse_modalities
+from rirn.errors import ConfigError
 from rirn.evaluation.report_tables import (
     TABLES,
     RunResult,
@@ -376,6 +377,13 @@ def test_report_groups_seeds_and_names_the_missing_one(tmp_path, monkeypatch):
     assert "one line over seeds" in md
     seeds = [r for r in _csv(tmp_path / "out" / UNIMODAL.file) if r["source"] == SEEDS_SOURCE]
     assert [(r["row"], r["seeds"]) for r in seeds[:2]] == [("Baseline", "1,2,3"), ("Ours", "1,3")]
+    assert "- Data: validation split of each run; inference: window" in md
+    # split=train (the cases each run trained on) is named, and a bad split stops before any run
+    cfg = compose_config("report", [f"sweep_dir={sweep}", "paper=false", "split=train"])
+    md = rirn.report.write_report(cfg, sweep, tmp_path / "train", None).read_text()
+    assert "- Data: training split of each run; inference: window" in md
+    with pytest.raises(ConfigError, match="split='all' must be one of val, train"):
+        rirn.report.run(compose_config("report", [f"sweep_dir={sweep}", "split=all"]))
 
 
 def test_train_hints_name_the_sweeps_experiment_and_folder(tmp_path):
