@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from rirn.config import CONFIG_DIR
 from rirn.errors import ConfigError, DataError, cli_errors
-from rirn.evaluation.data import SPLIT_PARTS, EvalData, dataset_data, run_data
+from rirn.evaluation.data import EvalData, dataset_data, run_data, split_part_name
 from rirn.evaluation.engine import EvalOptions, evaluate_to, write_results
 from rirn.evaluation.runs import (
     LoadedCheckpoint,
@@ -166,7 +166,7 @@ def evaluate_sweep(cfg: DictConfig) -> Path:
         "Runs": runs_text + (f", {len(problems)} without results" if problems else ""),
         "Data": data.shared.description
         if data.shared
-        else f"{SPLIT_PARTS[data.split]} split of each run",
+        else f"{split_part_name(data.split)} split of each run",
         "Inference": inference,
         "Post-processing": post,
     }
@@ -186,8 +186,7 @@ def check_case_options(cfg: DictConfig) -> None:
     """
     if str(cfg.prefer) not in ("best", "last"):
         raise ConfigError(f"prefer={cfg.prefer!r} must be best or last")
-    if str(cfg.split) not in SPLIT_PARTS:
-        raise ConfigError(f"split={cfg.split!r} must be one of {', '.join(SPLIT_PARTS)}")
+    split_part_name(str(cfg.split))
     if cfg.data.root and cfg.split != "val":
         raise ConfigError(
             f"split={cfg.split} picks cases of the run's own split.json; data.root=DIR evaluates "

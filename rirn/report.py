@@ -53,7 +53,7 @@ from rirn.config import CONFIG_DIR
 from rirn.errors import ConfigError, DataError, cli_errors
 from rirn.evaluate import check_case_options, evaluate_sweep
 from rirn.evaluation import method_table
-from rirn.evaluation.data import SPLIT_PARTS
+from rirn.evaluation.data import split_part_name
 from rirn.evaluation.recipes import difference_lines, recipe_differences
 from rirn.evaluation.render import markdown_table, render_latex, render_markdown
 from rirn.evaluation.report_csv import write_table_csv
@@ -349,7 +349,7 @@ def write_report(cfg: DictConfig, sweep: Path, out: Path, asked: Sequence | None
         if seeded
         else "A row with several runs has one line per run."
     )
-    part = SPLIT_PARTS[str(cfg.split)]
+    part = split_part_name(str(cfg.split))
     data = f"all cases of {cfg.data.root}" if cfg.data.root else f"{part} split of each run"
     lines = [
         f"# Report of sweep {sweep.name}",

@@ -33,6 +33,17 @@ DEFAULT_CACHE_ROOT = "~/.cache/rirn"
 SPLIT_PARTS: dict[str, str] = {"val": "validation", "train": "training"}
 
 
+def split_part_name(part: str) -> str:
+    """How the tables name a part of a run's split (``val`` -> ``validation``).
+
+    Raises:
+        ConfigError: ``part`` is not a key of :data:`SPLIT_PARTS` (the ``split=`` option).
+    """
+    if part not in SPLIT_PARTS:
+        raise ConfigError(f"split={part!r} must be one of {', '.join(SPLIT_PARTS)}")
+    return SPLIT_PARTS[part]
+
+
 @dataclass(frozen=True)
 class EvalData:
     """The cases of one evaluation.
@@ -83,8 +94,7 @@ def run_data(
     from rirn.data.synthetic import ensure_synthetic
     from rirn.training.data import default_cache_dir, synthetic_root
 
-    if part not in SPLIT_PARTS:
-        raise ConfigError(f"split={part!r} must be one of {', '.join(SPLIT_PARTS)}")
+    name = split_part_name(part)
     if ckpt.run_dir is None:
         raise ConfigError(
             f"checkpoint={ckpt.path} is not inside a run directory (no split.json beside "
@@ -110,7 +120,7 @@ def run_data(
             ) from None
         source = _cached(root, cache_dir, str(data_cfg.get("release", "auto")), workers, progress)
     split = read_split(ckpt.run_dir / "split.json", source.case_ids)
-    cases, name = split[part], SPLIT_PARTS[part]
+    cases = split[part]
     if not cases:
         raise DataError(f"run {ckpt.run_dir}: split.json has no {name} cases")
     where = f"{name} split of {ckpt.run_dir.name} ({len(cases)} cases, {root.name})"
