@@ -23,10 +23,12 @@ from rirn.evaluation.report_tables import (
 )
 from rirn.evaluation.seed_tables import (
     SEEDS_SOURCE,
+    Pooled,
     grouped,
     missing_seed_lines,
     paired_run_rows,
     pooled,
+    pooled_verdict,
     seed_row,
     seed_rows,
 )
@@ -222,11 +224,58 @@ def test_table6_pooled_line_and_rows(tmp_path):
     assert expected == "Δ AVG = +1.17 [+0.08, +2.25] Dice points"
     assert f"Pooled over all 12 (modality, seed) pairs: {expected}" in section
     assert "n = 12). RIRN beats the baseline on 3 of 4 modalities" in section  # Flair loses
+    # +0.08 > 0 and 3 of 4: the issue-12 target holds on this fixture.
+    assert "The interval lies above 0: RIRN is ahead at 95% confidence. Target" in section
+    assert "interval above 0): met." in section
     summary = pooled(seed_rows(UNIMODAL, runs))
     assert (summary.n, summary.wins, summary.compared) == (12, 3, 4)
     assert summary.mean == pytest.approx(mean, abs=1e-12)
     assert summary.half_width == pytest.approx(half, rel=1e-6)
     assert "paired difference to the Baseline row of the same modality" in section
+
+
+@pytest.mark.parametrize(
+    ("mean", "half", "n", "wins", "expected"),
+    [
+        # [-1.0, +3.0] includes 0, even with 4 of 4 modalities ahead.
+        (
+            0.01,
+            0.02,
+            12,
+            4,
+            "includes 0: no difference shown at 95% confidence. Target "
+            "(ahead on at least 3 of 4 modalities, interval above 0): not met.",
+        ),
+        # [+0.5, +1.5] lies above 0, but 2 of 4 modalities is too few.
+        (
+            0.01,
+            0.005,
+            12,
+            2,
+            "lies above 0: RIRN is ahead at 95% confidence. Target "
+            "(ahead on at least 3 of 4 modalities, interval above 0): not met.",
+        ),
+        # [-3.0, -1.0]: behind.
+        (
+            -0.02,
+            0.01,
+            12,
+            0,
+            "lies below 0: RIRN is behind at 95% confidence. Target "
+            "(ahead on at least 3 of 4 modalities, interval above 0): not met.",
+        ),
+    ],
+)
+def test_pooled_verdict_by_hand(mean, half, n, wins, expected):
+    assert pooled_verdict(Pooled(mean, half, n, wins, 4)) == "The interval " + expected
+
+
+def test_pooled_verdict_without_interval_or_four_modalities():
+    one = pooled_verdict(Pooled(0.01, math.nan, 1, 1, 1))
+    assert one == "One pair has no interval: no verdict."
+    # Two modalities: the significance sentence only, no 3-of-4 target.
+    two = pooled_verdict(Pooled(0.01, 0.005, 6, 2, 2))
+    assert two == "The interval lies above 0: RIRN is ahead at 95% confidence."
 
 
 def test_table6_csv_has_per_seed_lines_and_a_seeds_line(tmp_path):

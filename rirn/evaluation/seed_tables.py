@@ -202,6 +202,31 @@ def pooled(rows: Sequence[SeedRow]) -> Pooled | None:
     return Pooled(mean, half, len(deltas), sum(a > b for a, b in compared), len(compared))
 
 
+def pooled_verdict(summary: Pooled) -> str:
+    """What the pooled interval says, in one sentence, and whether the benchmark's target
+    (RIRN ahead on at least 3 of the 4 modalities, pooled interval above 0; issue 12) holds.
+
+    The interval is the one of :func:`pooled`; its ends are compared to 0 at full precision, so
+    a printed ``+0.00`` end may still fall on either side.
+    """
+    if summary.n < 2 or math.isnan(summary.half_width):
+        return "One pair has no interval: no verdict."
+    lo, hi = summary.mean - summary.half_width, summary.mean + summary.half_width
+    if lo > 0:
+        verdict = f"The interval lies above 0: RIRN is ahead at {CONFIDENCE:.0%} confidence."
+    elif hi < 0:
+        verdict = f"The interval lies below 0: RIRN is behind at {CONFIDENCE:.0%} confidence."
+    else:
+        verdict = f"The interval includes 0: no difference shown at {CONFIDENCE:.0%} confidence."
+    if summary.compared == 4:
+        met = summary.wins >= 3 and lo > 0
+        verdict += (
+            f" Target (ahead on at least 3 of 4 modalities, interval above 0): "
+            f"{'met' if met else 'not met'}."
+        )
+    return verdict
+
+
 def _points(x: float) -> str:
     return f"{100 * x:+.2f}"
 
@@ -270,7 +295,8 @@ def seed_markdown(table: TableSpec, rows: Sequence[SeedRow]) -> list[str]:
             f"Pooled over all {summary.n} (modality, seed) pairs: Δ AVG = "
             f"{interval_cell(summary.mean, summary.half_width, summary.n)} Dice points (mean, "
             f"{CONFIDENCE:.0%} Student-t interval, n = {summary.n}). RIRN beats the baseline on "
-            f"{summary.wins} of {summary.compared} modalities (mean AVG over seeds).",
+            f"{summary.wins} of {summary.compared} modalities (mean AVG over seeds). "
+            + pooled_verdict(summary),
         ]
     return lines
 
