@@ -138,8 +138,10 @@ def collect_students(
         ckpt = open_checkpoint(path)
         # Only the state dicts kept here stay referenced: optimiser and discriminator states
         # (most of a checkpoint) are freed with ``ckpt`` at the next iteration.
-        entry = _describe(ckpt.state, ckpt.modalities, "student", ckpt.path)
-        name = entry["subset"]
+        # A run that trained its teacher alone (teacher.only) has no student to keep.
+        student = ckpt.has_student
+        entry = _describe(ckpt.state, ckpt.modalities, "student", ckpt.path) if student else None
+        name = entry["subset"] if entry is not None else None
         if name in kept:
             old = kept[name][0]
             winner, loser = (entry, old) if _mean(entry) > _mean(old) else (old, entry)

@@ -44,8 +44,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         data = prepare_data(cfg, settings, run_dir, dist)
         trainer = CoTrainer(cfg, settings, data, run_dir, dist)
         if dist.is_main:
+            who = (
+                "the teacher alone (teacher.only)"
+                if cfg.teacher.get("only")
+                else f"student on {'+'.join(settings.modalities)}"
+            )
             log.info(
-                f"training student on {'+'.join(settings.modalities)} | device {settings.device} | "
+                f"training {who} | device {settings.device} | "
                 f"precision {settings.amp_dtype or 'fp32'} | crop {list(settings.crop_size)} | "
                 f"{cfg.trainer.max_epochs} epochs | run dir {run_dir}"
             )
@@ -76,8 +81,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     last = run(cfg, run_dir)
-    # Returned for Hydra sweepers (e.g. Optuna): the student's last mean validation Dice.
-    return last.get("student/mean")
+    # Returned for Hydra sweepers (e.g. Optuna): the student's last mean validation Dice (the
+    # teacher's in a teacher.only run).
+    return last.get("student/mean", last.get("teacher/mean"))
 
 
 if __name__ == "__main__":

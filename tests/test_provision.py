@@ -200,6 +200,7 @@ def test_missing_teacher_is_trained_then_frozen(tmp_path, cache_root):
     teacher = load_checkpoint(ckpt)
     assert teacher["modalities"] == ["flair", "t1", "t1ce", "t2"]
     assert teacher["config"]["loss"]["crr"] is False
+    assert teacher["student"] is None and teacher["config"]["teacher"]["only"]  # trained alone
     student = load_checkpoint(out_dir / "checkpoints" / "last.pt")
     for key, value in teacher["teacher"].items():  # frozen: the student run kept it as is
         assert torch.equal(value, student["teacher"][key]), key

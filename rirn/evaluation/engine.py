@@ -122,10 +122,16 @@ def evaluate_checkpoint(
 
     Returns:
         Per-case rows (:func:`rirn.evaluation.summary.case_rows`): for each case, the student's
-        three regions, then the teacher's.
+        three regions, then the teacher's (the teacher's alone for a run without a student,
+        ``teacher.only``, whatever ``options.teacher`` says).
+
+    Raises:
+        DataError: the checkpoint has no student and no teacher.
     """
-    nets = {"student": ckpt.network("student", options.device)}
-    if options.teacher:
+    nets = {}
+    if ckpt.has_student:
+        nets["student"] = ckpt.network("student", options.device)
+    if options.teacher or not ckpt.has_student:
         nets["teacher"] = ckpt.network("teacher", options.device)
     inputs = {"student": channel_indices(ckpt.modalities), "teacher": list(range(len(MODALITIES)))}
     subsets = {"student": ckpt.modalities, "teacher": MODALITIES}
@@ -149,7 +155,7 @@ def evaluate_checkpoint(
             metrics = region_metrics(pred, gt, meta["spacing"])
             rows += case_rows(item["case_id"], subsets[who], who, metrics, run_name)
         if figures_dir is not None and i < options.figures:
-            shown = uncrop_to_original(image[inputs["student"][0]], meta)
+            shown = uncrop_to_original(image[inputs[next(iter(nets))][0]], meta)
             ordered = {who: preds[who] for who in ("teacher", "student") if who in preds}
             write_case_figure(figures_dir / f"{item['case_id']}.png", shown, gt, ordered)
     return rows

@@ -169,6 +169,11 @@ class LoadedCheckpoint:
     def has_teacher(self) -> bool:
         return self.state.get("teacher") is not None
 
+    @property
+    def has_student(self) -> bool:
+        """False for a run that trained its teacher alone (``teacher.only``)."""
+        return self.state.get("student") is not None
+
     def stat(self) -> dict:
         """Path, size and modification time of the file, to tell whether results are current."""
         st = self.path.stat()
@@ -182,7 +187,8 @@ class LoadedCheckpoint:
             DataError: the network is absent or its weights do not fit the model config.
         """
         if self.state.get(which) is None:
-            raise DataError(f"checkpoint {self.path} has no {which} weights")
+            alone = " (its run trained the teacher alone: teacher.only)" * (which == "student")
+            raise DataError(f"checkpoint {self.path} has no {which} weights{alone}")
         channels = len(self.modalities) if which == "student" else len(MODALITIES)
         what = f"checkpoint {self.path}: {which} weights"
         return build_network(self.config["model"], channels, self.state[which], what, device)

@@ -38,7 +38,8 @@ class NonFiniteLossError(RirnError):
 
 
 class CoTrainer:
-    """Teacher, student and discriminator trained together in one process (paper Sec. 3.2)."""
+    """Teacher, student and discriminator trained together in one process (paper Sec. 3.2), or
+    the teacher alone (``teacher.only``: stage one of a two-stage study)."""
 
     def __init__(
         self,
@@ -64,6 +65,8 @@ class CoTrainer:
         self.ckpt_dir = run_dir / "checkpoints"
         self.epoch, self.best_metric, self.history, self.global_step = 0, -math.inf, [], 0
         self.nets = self._build_nets()
+        # The network whose validation Dice picks best.pt: the student, or a lone teacher.
+        self.selected = "student" if self.nets.student is not None else "teacher"
         self.schedulers = [
             self._poly(o) for o in (self.nets.opt_main, self.nets.opt_disc) if o is not None
         ]
@@ -79,7 +82,7 @@ class CoTrainer:
             cfg.model,
             cfg.loss,
             cfg.optim,
-            len(self.settings.modalities),
+            None if cfg.teacher.get("only") else len(self.settings.modalities),
             self.device,
             load_teacher=(lambda t: load_teacher_weights(t, ckpt)) if ckpt else None,
             teacher_trainable=not cfg.teacher.freeze,
@@ -106,7 +109,7 @@ class CoTrainer:
         nets = self.nets
         return {
             "epoch": self.epoch,
-            "student": unwrap(nets.student).state_dict(),
+            "student": unwrap(nets.student).state_dict() if nets.student is not None else None,
             "teacher": unwrap(nets.teacher).state_dict(),
             "discriminator": unwrap(nets.discriminator).state_dict()
             if nets.discriminator is not None
@@ -130,7 +133,15 @@ class CoTrainer:
 
     def load_state_dict(self, state: dict) -> None:
         nets = self.nets
-        unwrap(nets.student).load_state_dict(state["student"])
+        if (state.get("student") is None) != (nets.student is None):
+            alone = state.get("student") is None
+            raise RirnError(
+                f"resume=true: {self.ckpt_dir / 'last.pt'} trained "
+                f"{'the teacher alone' if alone else 'a student too'}; resume it with "
+                f"teacher.only={str(alone).lower()}"
+            )
+        if nets.student is not None:
+            unwrap(nets.student).load_state_dict(state["student"])
         unwrap(nets.teacher).load_state_dict(state["teacher"])
         if nets.discriminator is not None and state.get("discriminator"):
             unwrap(nets.discriminator).load_state_dict(state["discriminator"])
@@ -182,8 +193,8 @@ class CoTrainer:
             row["seconds"] = round(time.time() - t0, 2)
             self.history.append(row)
             self._log_epoch(row, val)
-            if val and val["student/mean"] > self.best_metric:
-                self.best_metric = val["student/mean"]
+            if val and val[f"{self.selected}/mean"] > self.best_metric:
+                self.best_metric = val[f"{self.selected}/mean"]
                 self.save("best.pt")
             self.save("last.pt")
             if self.dist.is_main:
@@ -314,11 +325,13 @@ class CoTrainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Dice WT/TC/ET of student and teacher on this rank's share of the validation cases;
-        results of all ranks are gathered so each case counts exactly once."""
+        """Dice WT/TC/ET of student and teacher (the teacher alone without a student) on this
+        rank's share of the validation cases; results of all ranks are gathered so each case
+        counts exactly once."""
         from rirn.inference import case_regions, predict_probs
 
-        teacher, student = unwrap(self.nets.teacher).eval(), unwrap(self.nets.student).eval()
+        teacher = unwrap(self.nets.teacher).eval()
+        student = unwrap(self.nets.student).eval() if self.nets.student is not None else None
         settings = self.val_settings()
         # A frozen teacher scores the same every time: score it at the first validation only
         # (half of a student-only run's validation time), keeping its masks for the picture.
@@ -363,12 +376,12 @@ class CoTrainer:
             ):
                 x0 = item["image"][self.student_channels[0]]
                 picture = validation_picture(
-                    np.asarray(x0), target, preds["teacher"], preds["student"]
+                    np.asarray(x0), target, preds["teacher"], preds.get("student")
                 )
         rows = [r for part in gather_objects(rows, self.dist) for r in part]
         out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
         for who in ("student", "teacher"):
-            if rows:
+            if rows and f"{who}/WT" in out:
                 out[f"{who}/mean"] = float(np.mean([out[f"{who}/{r}"] for r in REGIONS]))
         if picture is not None:
             self.logger.image("val/slice_input_gt_teacher_student", picture, self.epoch)

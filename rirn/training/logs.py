@@ -44,13 +44,14 @@ class RunLogger:
 
 
 def validation_picture(
-    image: np.ndarray, target: np.ndarray, pred_t: np.ndarray, pred_s: np.ndarray
+    image: np.ndarray, target: np.ndarray, pred_t: np.ndarray, pred_s: np.ndarray | None
 ):
     """Mid-tumour axial slice: input | ground truth | teacher | student, as one RGB image.
 
     Args:
         image: ``(X, Y, Z)`` float, the student's first modality.
-        target, pred_t, pred_s: ``(3, X, Y, Z)`` bool WT/TC/ET masks.
+        target, pred_t, pred_s: ``(3, X, Y, Z)`` bool WT/TC/ET masks (``pred_s`` ``None``:
+            a run without a student, whose picture ends with the teacher).
 
     Returns:
         ``(H, W, 3)`` uint8.
@@ -60,7 +61,7 @@ def validation_picture(
     z = mid_tumour_slice(target[0])
     gray = image[:, :, z]
     tiles = [np.repeat(normalize_slice(gray)[..., None], 3, axis=-1)]
-    tiles += [overlay(gray, m[:, :, :, z]) for m in (target, pred_t, pred_s)]
+    tiles += [overlay(gray, m[:, :, :, z]) for m in (target, pred_t, pred_s) if m is not None]
     return montage([tiles])
 
 
@@ -80,6 +81,8 @@ def summary_line(
     parts += [f"{k} {train[k]:.4f}" for k in terms if train.get(k)]
     if val:
         for who in ("student", "teacher"):
+            if f"{who}/WT" not in val:
+                continue  # a run without a student
             dices = "/".join(f"{val[f'{who}/{r}']:.3f}" for r in REGIONS)
             parts.append(f"val {who} WT/TC/ET {dices}")
         if scoring:

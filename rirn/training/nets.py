@@ -46,7 +46,7 @@ def build_step_nets(
     model_cfg,
     loss_cfg,
     optim_cfg,
-    student_in: int,
+    student_in: int | None,
     device: torch.device,
     *,
     state: dict[str, dict] | None = None,
@@ -56,12 +56,14 @@ def build_step_nets(
     fused: bool | None = None,
     wrap: Callable[[nn.Module, bool], nn.Module] | None = None,
 ) -> StepNets:
-    """Teacher (4 inputs), student (``student_in`` inputs), discriminator (if ``loss.adv``) and
-    their Adam optimisers: one for student + teacher (teacher left out when frozen), one for D.
+    """Teacher (4 inputs), student (``student_in`` inputs), discriminator (if ``loss.adv`` and
+    there is a student) and their Adam optimisers: one for student + teacher (teacher left out
+    when frozen), one for D.
 
     Args:
         model_cfg, loss_cfg, optim_cfg: the ``model``, ``loss`` and ``optim`` config groups.
-        student_in: number of student input modalities.
+        student_in: number of student input modalities; ``None`` builds no student (a
+            teacher trained alone, ``teacher.only``).
         device: where the networks live.
         state: ``{"teacher", "student", "discriminator"}`` state dicts to start from.
         load_teacher: called on the fresh teacher (e.g. load a checkpoint) before freezing.
@@ -71,12 +73,16 @@ def build_step_nets(
         wrap: ``wrap(module, trainable)`` applied to each network after the optimisers are
             built (DDP, ``torch.compile``); identity by default.
     """
+    if student_in is None and not teacher_trainable:
+        raise ValueError("a run without a student must train its teacher")
+    # The teacher first: its initial weights are then the same with or without a student.
     teacher = build_unet(model_cfg, in_channels=4)
-    student = build_unet(model_cfg, in_channels=student_in)
-    disc = build_discriminator(model_cfg) if loss_cfg.adv else None
+    student = build_unet(model_cfg, in_channels=student_in) if student_in is not None else None
+    disc = build_discriminator(model_cfg) if loss_cfg.adv and student is not None else None
     if state is not None:
         teacher.load_state_dict(state["teacher"])
-        student.load_state_dict(state["student"])
+        if student is not None:
+            student.load_state_dict(state["student"])
         if disc is not None:
             disc.load_state_dict(state["discriminator"])
     if load_teacher is not None:
@@ -84,21 +90,23 @@ def build_step_nets(
     if not teacher_trainable:
         teacher.requires_grad_(False)
     fmt = torch.channels_last_3d if channels_last else torch.preserve_format
-    teacher, student = (m.to(device, memory_format=fmt) for m in (teacher, student))
+    teacher = teacher.to(device, memory_format=fmt)
+    student = student.to(device, memory_format=fmt) if student is not None else None
     disc = disc.to(device) if disc is not None else None
     if fused is None:
         fused = device.type == "cuda" if optim_cfg.fused == "auto" else bool(optim_cfg.fused)
     adam = dict(
         betas=tuple(optim_cfg.betas), weight_decay=float(optim_cfg.weight_decay), fused=fused
     )
-    trained = [student, teacher] if teacher_trainable else [student]
+    trained = [m for m in (student, teacher if teacher_trainable else None) if m is not None]
     groups = param_groups(trained, float(optim_cfg.lr), float(optim_cfg.get("head_lr_scale", 1)))
     opt_main = torch.optim.Adam(groups, **adam)
     opt_disc = (
         torch.optim.Adam(disc.parameters(), lr=float(optim_cfg.disc_lr), **adam) if disc else None
     )
     if wrap is not None:
-        teacher, student = wrap(teacher, teacher_trainable), wrap(student, True)
+        teacher = wrap(teacher, teacher_trainable)
+        student = wrap(student, True) if student is not None else None
         disc = wrap(disc, True) if disc is not None else None
     return StepNets(
         teacher, student, disc, opt_main, opt_disc, teacher_trainable, car_channels(model_cfg)

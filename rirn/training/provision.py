@@ -9,10 +9,12 @@ Hydra's sequential launcher and under a Slurm launcher where the jobs of one see
 a lock file in ``<dir>`` says who trains, a ``.done`` marker says the teacher is finished (a
 ``last.pt`` alone may be a half-trained teacher of a job that crashed; the next job resumes it).
 
-The teacher run is an ordinary ``python -m rirn.train`` run of the same config with the
-distillation terms off (its student is a throwaway baseline and the teacher trains as in
-co-training), the student modality set to all four, and ``teacher.train_config`` merged on
-top (e.g. more epochs for the teacher than for its students).
+The teacher run is an ordinary ``python -m rirn.train`` run of the same config with
+``teacher.only=true`` (the teacher trains alone, exactly as in co-training: its gradient never
+depends on the student) and the distillation terms off, and ``teacher.train_config`` merged on
+top (e.g. more epochs for the teacher than for its students). Teacher runs of rirn before
+``teacher.only`` trained a throwaway full-modality student beside it; the teacher is the same
+network either way, and such an unfinished run resumes with its student.
 """
 
 from __future__ import annotations
@@ -63,9 +65,10 @@ def teacher_ready(checkpoint: str | Path) -> bool:
 
 
 def teacher_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    """The training config of the teacher of ``cfg``: the same config with the distillation
-    terms off, all four modalities for the (unused) student, no loaded teacher, resuming when
-    ``run_dir`` holds an unfinished run, and ``teacher.train_config`` merged.
+    """The training config of the teacher of ``cfg``: the same config with the teacher
+    trained alone (``teacher.only``) and the distillation terms off, no loaded teacher, resuming
+    when ``run_dir`` holds an unfinished run (with its throwaway student if it has one: a run of
+    rirn before ``teacher.only``), and ``teacher.train_config`` merged.
 
     Raises:
         ConfigError: a ``teacher.train_config`` key that the training config does not have.
@@ -79,7 +82,9 @@ def teacher_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     t.teacher.freeze = False
     t.teacher.train_if_missing = False
     t.teacher.train_config = {}
-    t.resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    last = run_dir / "checkpoints" / "last.pt"
+    t.resume = last.is_file()
+    t.teacher.only = not (t.resume and _has_student(last))
     extra = cfg.teacher.get("train_config")
     extra = OmegaConf.to_container(extra, resolve=True) if extra is not None else {}
     unknown = [k for k in _leaves(extra) if OmegaConf.select(t, k, default=_MISSING) is _MISSING]
@@ -91,6 +96,17 @@ def teacher_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
 
 
 _MISSING = object()
+
+
+def _has_student(checkpoint: Path) -> bool:
+    """Whether a run's ``last.pt`` holds student weights (memory-mapped: nothing is read)."""
+    import torch
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable: the resume itself reports it
+        return False
+    return isinstance(state, dict) and state.get("student") is not None
 
 
 def _leaves(tree: dict, prefix: str = "") -> list[str]:
@@ -156,7 +172,7 @@ def ensure_teacher(cfg: DictConfig, poll_s: float = 10.0) -> None:
         raise ConfigError(
             f"teacher.checkpoint={checkpoint} is missing and teacher.train_if_missing=true "
             "cannot train it inside a multi-process job; train it first with one process "
-            f"(the same command with hydra.run.dir={run_dir} modality=all loss=baseline) "
+            f"(the same command with hydra.run.dir={run_dir} teacher.only=true loss=baseline) "
             "or start this job without torchrun"
         )
     run_dir.mkdir(parents=True, exist_ok=True)

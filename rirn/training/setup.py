@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rirn.data.dataset import region_indices
-from rirn.data.modalities import parse_modalities
+from rirn.data.modalities import MODALITIES, parse_modalities
 from rirn.errors import ConfigError
 from rirn.labels import REGIONS
 
@@ -180,6 +180,8 @@ def check_resume_optim(stored: dict, current) -> None:
 
 
 def check_teacher(cfg: DictConfig) -> None:
+    if cfg.teacher.get("only"):
+        _check_teacher_alone(cfg)
     path = cfg.teacher.checkpoint
     if path in (None, ""):
         if cfg.teacher.freeze:
@@ -200,6 +202,21 @@ def check_teacher(cfg: DictConfig) -> None:
     from rirn.models import build_unet
 
     load_teacher_weights(build_unet(cfg.model, in_channels=4), path)
+
+
+def _check_teacher_alone(cfg: DictConfig) -> None:
+    """``teacher.only=true`` trains the teacher and nothing else: no frozen teacher, no
+    distillation term (they all act on the student)."""
+    from rirn.training.steps import DISTILLATION_SWITCHES
+
+    if cfg.teacher.freeze:
+        raise ConfigError("teacher.only=true trains the teacher: it cannot be teacher.freeze=true")
+    on = [k for k in DISTILLATION_SWITCHES if cfg.loss.get(k, False)]
+    if on:
+        raise ConfigError(
+            f"teacher.only=true trains no student, but loss.{on[0]}=true distils into one; "
+            "add loss=baseline"
+        )
 
 
 def teacher_state_dict(path: str | Path) -> dict:
@@ -297,6 +314,8 @@ def load_teacher_weights(model: torch.nn.Module, path: str | Path) -> None:
 def check_config(cfg: DictConfig, run_dir: Path) -> RunSettings:
     """Validate ``cfg`` and derive :class:`RunSettings`; raises ConfigError on the first problem."""
     modalities = parse_modalities(cfg.modality)
+    if cfg.teacher.get("only"):
+        modalities = MODALITIES  # no student: the run's networks see all four
     device = resolve_device(cfg.trainer.device)
     amp_dtype = resolve_precision(cfg.trainer.precision, device)
     crop = check_crop(cfg.data.crop_size, cfg.model)

@@ -37,7 +37,7 @@ class StepNets:
     """The networks and optimisers a step touches (any may be DDP/compile-wrapped)."""
 
     teacher: nn.Module
-    student: nn.Module
+    student: nn.Module | None  # None: the teacher trains alone (teacher.only)
     discriminator: nn.Module | None
     opt_main: torch.optim.Optimizer  # student (+ teacher unless frozen)
     opt_disc: torch.optim.Optimizer | None
@@ -66,7 +66,8 @@ def compute_losses(
     loss_cfg,
     distill_scale: float = 1.0,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Forward both networks and compute every enabled term.
+    """Forward both networks (the student alone when the teacher is frozen and unread, the
+    teacher alone when there is no student) and compute every enabled term.
 
     Args:
         image: ``(B, 4, *S)`` float, all modalities in canonical order.
@@ -79,21 +80,17 @@ def compute_losses(
     Returns:
         ``(terms, probs_t, probs_s)``: scalar loss tensors keyed by :data:`TERMS` (``disc`` is
         added by :func:`train_step`); the sigmoid outputs ``(B, 3, *S)`` (``probs_t`` is
-        ``None`` when the teacher was not run: frozen and read by no term).
+        ``None`` when the teacher was not run: frozen and read by no term; ``probs_s`` is
+        ``None`` when there is no student: ``nets.student is None``, ``teacher.only``).
     """
-    out_s = nets.student(select_channels(image, student_channels))
-    probs_s = torch.sigmoid(out_s.logits.float())
-    zero = probs_s.new_zeros(())
+    zero = image.new_zeros((), dtype=torch.float32)
     w = loss_cfg.weight
-    terms = {
-        "seg_t": zero,
-        "seg_s": seg_loss(out_s, target, loss_cfg),
-        "crr": zero,
-        "car": zero,
-        "adv": zero,
-        "kd": zero,
-        "feat": zero,
-    }
+    terms = dict.fromkeys(("seg_t", "seg_s", "crr", "car", "adv", "kd", "feat"), zero)
+    out_s = probs_s = None
+    if nets.student is not None:
+        out_s = nets.student(select_channels(image, student_channels))
+        probs_s = torch.sigmoid(out_s.logits.float())
+        terms["seg_s"] = seg_loss(out_s, target, loss_cfg)
     if not (nets.teacher_trainable or uses_teacher(loss_cfg)):
         # A frozen teacher that no term reads: the baseline of a two-stage benchmark.
         terms["total"] = w.seg * terms["seg_s"]
@@ -105,7 +102,9 @@ def compute_losses(
     probs_t = torch.sigmoid(out_t.logits.float())
     if nets.teacher_trainable:
         terms["seg_t"] = seg_loss(out_t, target, loss_cfg)
-    distil = distill_scale > 0  # before the start epoch the terms are not even computed
+    # Before the start epoch the terms are not even computed; without a student (teacher.only)
+    # there is nothing to distil into.
+    distil = distill_scale > 0 and out_s is not None
     if loss_cfg.crr and distil:
         terms["crr"] = crr_loss(
             out_t.features,
