@@ -136,7 +136,7 @@ def test_ensure_teacher_trains_once(tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
-def test_ensure_teacher_waits_for_a_live_lock(tmp_path, monkeypatch):
+def test_ensure_teacher_waits_for_a_live_lock(tmp_path, monkeypatch, caplog):
     calls: list = []
     monkeypatch.setattr(provision, "_train", _fake_train(calls))
     run_dir = tmp_path / "t"
@@ -156,8 +156,12 @@ def test_ensure_teacher_waits_for_a_live_lock(tmp_path, monkeypatch):
 
     threading.Thread(target=finish).start()
     start = time.time()
-    ensure_teacher(_student_cfg(tmp_path), poll_s=0.05)
+    with caplog.at_level("INFO", logger="rirn.train"):
+        ensure_teacher(_student_cfg(tmp_path), poll_s=0.05)
     assert calls == [] and time.time() - start >= 0.25  # it waited and did not train
+    # the log names the owner and the lock to delete if that job died elsewhere
+    assert f"({socket.gethostname()} {os.getpid()})" in caplog.text
+    assert f"delete {run_dir / LOCK}" in caplog.text
     assert teacher_ready(run_dir / "checkpoints" / "last.pt")
 
 

@@ -114,8 +114,16 @@ def test_teacher_only_run_trains_the_co_trained_teacher_at_half_the_work(tmp_pat
 
     # resuming it as a run with a student is refused with the override that resumes it
     resume = [*smoke, "modality=all", "resume=true", "trainer.max_epochs=3"]
-    with pytest.raises(RirnError, match="trained the teacher alone; resume it with teacher.only"):
+    with pytest.raises(ConfigError, match=r"\(only\); add teacher.only=true to resume"):
         train_run(tmp_path, resume, name="alone")
+
+    # a run of rirn before teacher.only recorded no such key: its student still decides
+    legacy = load_checkpoint(paired_dir / "checkpoints" / "last.pt")
+    del legacy["config"]["teacher"]["only"]
+    torch.save(legacy, paired_dir / "checkpoints" / "last.pt")
+    resume = [*smoke, "teacher.only=true", "resume=true", "trainer.max_epochs=3"]
+    with pytest.raises(RirnError, match="trained a student too; resume it with teacher.only=false"):
+        train_run(tmp_path, resume, name="paired")
 
 
 def test_provisioned_teacher_trains_alone_unless_resuming_a_run_with_a_student(tmp_path):

@@ -97,8 +97,13 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
     phenotypes = source.phenotypes() if stratify or balance else None
     split_path = run_dir / "split.json"
     teacher_ckpt = cfg.teacher.checkpoint
-    if cfg.resume and split_path.is_file():
-        # A resumed run keeps its own split, checked against its teacher when it started.
+    last = run_dir / "checkpoints" / "last.pt"
+    recorded = teacher_split(last, key="resume=true: checkpoint") if cfg.resume else None
+    if recorded is not None:
+        # A resumed run keeps the split its checkpoint trained on, checked against its teacher
+        # when it started (split.json may be another run's: one started over this folder).
+        split = validate_split(recorded, source.case_ids, where=f"split of {last}")
+    elif cfg.resume and split_path.is_file():  # a checkpoint from before splits were recorded
         split = read_split(split_path, source.case_ids)
     else:
         allow = bool(cfg.teacher.get("allow_split_mismatch", False))

@@ -25,6 +25,7 @@ from rirn.training.nets import build_step_nets
 from rirn.training.setup import (
     RunSettings,
     check_resume_loss,
+    check_resume_networks,
     check_resume_optim,
     load_teacher_weights,
 )
@@ -169,12 +170,16 @@ class CoTrainer:
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict:
         if self.cfg.resume:
-            state = load_checkpoint(self.ckpt_dir / "last.pt", map_location=self.device)
+            # On the CPU: the RNG states must be CPU tensors; the weights and the optimiser
+            # state are copied to the networks' device as they are loaded.
+            state = load_checkpoint(self.ckpt_dir / "last.pt", map_location="cpu")
+            check_resume_networks(state, self.cfg, self.settings.modalities)
             check_resume_loss(state["config"]["loss"], self.cfg.loss)
             check_resume_optim(state["config"].get("optim", {}), self.cfg.optim)
             self.load_state_dict(state)
             log.info(f"resumed from {self.ckpt_dir / 'last.pt'} after epoch {self.epoch}")
-            self.logger.history_path.unlink(missing_ok=True)
+            if self.dist.is_main:  # the other ranks write no history: they must not delete it
+                self.logger.history_path.unlink(missing_ok=True)
             for row in self.history:
                 self.logger.history(row)
         else:

@@ -136,6 +136,14 @@ def _acquire(lock: Path) -> bool:
     return False
 
 
+def _owner(lock: Path) -> str:
+    """``"host pid"`` of the job holding ``lock``, as far as it can be read."""
+    try:
+        return lock.read_text().strip() or "owner not written yet"
+    except OSError:
+        return "owner unknown"
+
+
 def _stale(lock: Path) -> bool:
     """Whether ``lock`` belongs to a process of this host that no longer runs (a lock of
     another host is trusted: its job may be alive)."""
@@ -186,7 +194,11 @@ def ensure_teacher(cfg: DictConfig, poll_s: float = 10.0) -> None:
                 lock.unlink(missing_ok=True)
         else:
             if not waited:
-                log.info(f"waiting for the teacher another job trains in {run_dir}")
+                owner = _owner(lock)
+                log.info(
+                    f"waiting for the teacher another job ({owner}) trains in {run_dir}; if that "
+                    f"job is dead on another host, delete {lock}"
+                )
                 waited = True
             time.sleep(poll_s)
 

@@ -167,16 +167,58 @@ def check_resume_loss(stored: dict, current) -> None:
 
 
 #: ``optim`` keys a resumed run must keep, with their value in checkpoints from before the key
-#: existed: ``head_lr_scale`` decides the parameter groups of the stored Adam state.
-RESUME_OPTIM: dict[str, object] = {"head_lr_scale": 1.0}
+#: existed: ``head_lr_scale`` decides the parameter groups of the stored Adam state, and the
+#: stored state restores lr, betas and weight decay (a new value would be ignored, silently).
+#: ``poly_power`` (the schedule is rebuilt) and ``fused`` (where Adam runs) may change.
+RESUME_OPTIM: dict[str, object] = {
+    "head_lr_scale": 1.0,
+    "lr": None,
+    "disc_lr": None,
+    "betas": None,
+    "weight_decay": None,
+}
 
 
 def check_resume_optim(stored: dict, current) -> None:
     """:func:`check_resume_loss` for the ``optim`` keys of :data:`RESUME_OPTIM` (``stored``:
-    the checkpoint's ``config["optim"]``; ``current``: this run's ``cfg.optim``)."""
-    old = {k: float(stored.get(k, v)) for k, v in RESUME_OPTIM.items()}
-    new = {k: float(current.get(k, v)) for k, v in RESUME_OPTIM.items()}
-    _refuse_changes("optim", "optimiser groups", old, new)
+    the checkpoint's ``config["optim"]``; ``current``: this run's ``cfg.optim``). A key that
+    the checkpoint lacks and has no legacy value (``None``) is not compared."""
+
+    def values(tree) -> dict:
+        tree = tree if isinstance(tree, dict) else OmegaConf.to_container(tree, resolve=True)
+        out = {k: tree.get(k, v) for k, v in RESUME_OPTIM.items()}
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items() if v is not None}
+
+    _refuse_changes("optim", "optimiser settings", values(stored), values(current))
+
+
+def check_resume_networks(state: dict, cfg: DictConfig, modalities: tuple[str, ...]) -> None:
+    """Refuse to resume with other networks than the run trained: another student subset
+    (``modality``), ``model.*`` settings, or teacher set-up (``teacher.freeze``/``only``).
+    Without this a new ``modality`` would go on training the stored student on other inputs.
+
+    Args:
+        state: the checkpoint (its ``modalities`` and ``config``).
+        cfg: this run's config; ``modalities``: its student subset.
+
+    Raises:
+        ConfigError: one line naming the first differing setting and the override that
+            resumes the run as trained.
+    """
+    stored = list(state.get("modalities") or [])
+    if stored and state.get("student") is not None and stored != list(modalities):
+        raise ConfigError(
+            f"resume=true would change the student's modalities ({'+'.join(stored)} -> "
+            f"{'+'.join(modalities)}); add modality={'+'.join(stored)} to resume it as trained, "
+            "or start a new run"
+        )
+    old, current = state["config"], OmegaConf.to_container(cfg, resolve=True)
+    _refuse_changes(
+        "model", "networks", flatten_config(old["model"]), flatten_config(current["model"])
+    )
+    teacher = {k: old.get("teacher", {}).get(k) for k in ("freeze", "only")}
+    teacher = {k: v for k, v in teacher.items() if v is not None}
+    _refuse_changes("teacher", "teacher set-up", teacher, flatten_config(current["teacher"]))
 
 
 def check_teacher(cfg: DictConfig) -> None:
@@ -232,11 +274,14 @@ def teacher_state_dict(path: str | Path) -> dict:
     return obj
 
 
-def teacher_split(path: str | Path) -> dict | None:
+def teacher_split(path: str | Path, key: str = "teacher.checkpoint") -> dict | None:
     """The train/val split recorded in a rirn checkpoint (``None``: a bare state dict, or a
     checkpoint from before splits were recorded).
 
     Memory-mapped: only the small ``split`` entry is read, not the weights and optimiser state.
+
+    Args:
+        path: the checkpoint; ``key``: what the error message calls it.
 
     Raises:
         ConfigError: the recorded split is not ``{"train": [ids], "val": [ids]}``.
@@ -254,7 +299,7 @@ def teacher_split(path: str | Path) -> dict | None:
         and all(isinstance(c, str) for k in ("train", "val") for c in split[k])
     ):
         raise ConfigError(
-            f"teacher.checkpoint={path} records a malformed split (need lists of case ids "
+            f"{key}={path} records a malformed split (need lists of case ids "
             "under 'train' and 'val'); set data.split_file=FILE and "
             "teacher.allow_split_mismatch=true"
         )
