@@ -266,7 +266,7 @@ def test_table_cells_deltas_and_pooled_by_hand(tmp_path):
     # (twice); mean 1, std sqrt(4 (1/3)^2 / 5) = 0.298, half 2.570582 * 0.298 / sqrt 6 = 0.31.
     assert (
         "- KD vs Baseline: Δ AVG pooled over 6 (subset, seed) pairs = +1.00 [+0.69, +1.31] Dice "
-        "points; higher mean AVG over seeds on 2 of 2 subsets."
+        "points; mean paired Δ AVG above 0 on 2 of 2 subsets."
     ) in md
     assert "Baseline = `loss=baseline`, KD = `loss=kd`, Feature KD = `loss=feature`" in md
 

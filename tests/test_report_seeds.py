@@ -234,6 +234,24 @@ def test_table6_pooled_line_and_rows(tmp_path):
     assert "paired difference to the Baseline row of the same modality" in section
 
 
+def test_table6_counts_a_modality_by_its_paired_delta_when_a_seed_is_missing(tmp_path):
+    """T2: the baseline has seeds 1-3 (AVG .40, .45, .90), RIRN only 1-2 (.50, .50). Its mean
+    AVG (50.00) is below the baseline's (58.33), but it is ahead on both seeds they share
+    (+10, +5): the paired delta, +7.50, decides the modality, and the row says which seeds."""
+    runs = [r for r in _unimodal_runs() if not r.name.startswith("t2/")]
+    for s, b in ((1, 0.40), (2, 0.45), (3, 0.90)):
+        runs.append(_run(f"t2/baseline/{s}", "t2", OFF, s, (b, b, b, b)))
+    for s in (1, 2):
+        runs.append(_run(f"t2/rirn/{s}", "t2", ON, s, (0.50,) * 4))
+    summary = pooled(seed_rows(UNIMODAL, runs))
+    # T1, T2 and T1ce ahead (FLAIR behind), as with all seeds
+    assert (summary.n, summary.wins, summary.compared) == (11, 3, 4)
+    section = "\n".join(write_table(tmp_path, UNIMODAL, runs, [], (), paper=False))
+    # 7.50 ± 12.706205 * std(10, 5) / sqrt 2 = 7.50 ± 31.77
+    assert "| +7.50 [-24.27, +39.27] (seeds 1,2) |" in section
+    assert "RIRN beats the baseline on 3 of 4 modalities (mean paired Δ AVG above 0)" in section
+
+
 @pytest.mark.parametrize(
     ("mean", "half", "n", "wins", "expected"),
     [
@@ -337,7 +355,8 @@ def test_missing_and_failed_seeds_are_listed(tmp_path):
     assert row.delta["AVG"][0] == pytest.approx(0.01) and math.isnan(row.delta["AVG"][1])
     section = "\n".join(write_table(tmp_path, ABLATION, runs, [], (), False))
     assert "| ✓ | ✓ | ✓ | ✓ | +CRR+MF+CAR+ADV | 1 | 71.00 | 71.00 | 71.00 | 71.00 |" in section
-    assert "| +1.00 (n=1, no interval) |" in section
+    # the baseline has seeds 1-2: the means beside Δ are over other seeds, so it names its pairs
+    assert "| +1.00 (n=1, no interval) (seeds 1) |" in section
 
 
 def test_table7_deltas_are_paired_with_avg(tmp_path):
@@ -415,7 +434,8 @@ def test_report_groups_seeds_and_names_the_missing_one(tmp_path, monkeypatch):
     # mean +2.00, std sqrt(2), half 12.706205 * sqrt(2) / sqrt(2) = 12.71 (points).
     assert "| T1 | Baseline | 1,2,3 | 61.00 ± 1.00 | 61.00 ± 1.00 | 61.00 ± 1.00 |" in md
     assert "| T1 | Ours | 1,3 | 62.50 ± 2.12 |" in md
-    assert "| +2.00 [-10.71, +14.71] |" in md  # the row's seeds are its pairs: no "(seeds"
+    # the baseline's mean is over seeds 1-3, RIRN's over 1 and 3: Δ names the seeds it pairs
+    assert "| +2.00 [-10.71, +14.71] (seeds 1,3) |" in md
     assert "Pooled over all 2 (modality, seed) pairs" in md
     assert "RIRN beats the baseline on 1 of 1 modalities" in md
     assert (

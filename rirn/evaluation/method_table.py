@@ -300,8 +300,8 @@ def method_markdown(table: TableSpec, rows: Sequence[SeedRow]) -> list[str]:
         if summary:
             lines.append(
                 f"- {label} vs Baseline: Δ AVG pooled over {summary.n} (subset, seed) pairs = "
-                f"{interval_cell(summary.mean, summary.half_width, summary.n)} Dice points; higher "
-                f"mean AVG over seeds on {summary.wins} of {summary.compared} subsets."
+                f"{interval_cell(summary.mean, summary.half_width, summary.n)} Dice points; mean "
+                f"paired Δ AVG above 0 on {summary.wins} of {summary.compared} subsets."
             )
     trained = ", ".join(f"{label} = `loss={key}`" for key, label in _methods(table))
     lines += ["", f"Methods, told apart by their resolved configs: {trained}."]
