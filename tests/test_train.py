@@ -316,6 +316,15 @@ def test_empty_data_root_and_mismatched_teacher(smoke_run, tmp_path):
         load_teacher_weights(build_unet(cfg.model, 4), cfg.teacher.checkpoint)
     with pytest.raises(ConfigError, match="does not match the model"):
         check_config(cfg, tmp_path)  # at start-up, before any data preparation
+    # same names and shapes, another function: refused by the recorded model config
+    ckpt = f"teacher.checkpoint={run_dir / 'checkpoints' / 'last.pt'}"
+    for override, message in (
+        ("model.norm_groups=4", "trained with model.norm_groups=8, this run has 4; add model.norm"),
+        ("model.nonlocal_scaled=true", "add model.nonlocal_scaled=false"),
+    ):
+        cfg = compose_config("train", ["debug=smoke", override, ckpt])
+        with pytest.raises(ConfigError, match=message):
+            check_config(cfg, tmp_path)
 
 
 def test_cli_bad_modality_is_one_line(tmp_path):

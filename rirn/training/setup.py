@@ -243,7 +243,7 @@ def check_teacher(cfg: DictConfig) -> None:
     # Match it against the configured model now, before data preparation (can take minutes).
     from rirn.models import build_unet
 
-    load_teacher_weights(build_unet(cfg.model, in_channels=4), path)
+    load_teacher_weights(build_unet(cfg.model, in_channels=4), path, model_cfg=cfg.model)
 
 
 def _check_teacher_alone(cfg: DictConfig) -> None:
@@ -261,17 +261,44 @@ def _check_teacher_alone(cfg: DictConfig) -> None:
         )
 
 
-def teacher_state_dict(path: str | Path) -> dict:
-    """The teacher weights in ``path``: a rirn checkpoint's ``teacher`` or a bare state dict."""
+def teacher_state_dict(path: str | Path) -> tuple[dict, dict | None]:
+    """The teacher weights in ``path`` (a rirn checkpoint's ``teacher`` or a bare state dict)
+    and the ``model`` config it was trained with (``None`` for a bare state dict)."""
     try:
         obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a config error here
         raise ConfigError(f"teacher.checkpoint={path} cannot be read: {exc}") from None
+    model_cfg = None
     if isinstance(obj, dict) and "teacher" in obj:
+        config = obj.get("config")
+        model_cfg = config.get("model") if isinstance(config, dict) else None
         obj = obj["teacher"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(f"teacher.checkpoint={path} holds no teacher state dict")
-    return obj
+    return obj, model_cfg
+
+
+#: ``model`` keys that change what a trained U-Net computes without changing its weights'
+#: names or shapes (those a mismatch of the state dict already catches, and the rest only
+#: initialise or regularise training).
+_FORWARD_KEYS: tuple[str, ...] = ("norm", "norm_groups", "nonlocal_scale", "nonlocal_scaled")
+
+
+def _check_teacher_model(path, trained: dict | None, model_cfg) -> None:
+    """Refuse a teacher trained with other forward settings than ``model_cfg`` (a group norm of
+    8 groups loads into one of 4 without complaint, and computes something else)."""
+    if trained is None:
+        return
+    current = OmegaConf.to_container(model_cfg, resolve=True) if model_cfg is not None else {}
+    for key in _FORWARD_KEYS:
+        if key in trained and key in current and trained[key] != current[key]:
+            old, new = (
+                str(v).lower() if isinstance(v, bool) else v for v in (trained[key], current[key])
+            )
+            raise ConfigError(
+                f"teacher.checkpoint={path} was trained with model.{key}={old}, this run has "
+                f"{new}; add model.{key}={old}"
+            )
 
 
 def teacher_split(path: str | Path, key: str = "teacher.checkpoint") -> dict | None:
@@ -327,14 +354,18 @@ def check_teacher_split(path, teacher: dict | None, split: dict, allow: bool) ->
 _DEEP_HEADS = "deep_heads."
 
 
-def load_teacher_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load ``path`` into ``model``; a mismatch is a ConfigError naming the first bad key.
+def load_teacher_weights(model: torch.nn.Module, path: str | Path, model_cfg=None) -> None:
+    """Load ``path`` into ``model``; a mismatch is a ConfigError naming the first bad key, or,
+    given the ``model_cfg`` that built ``model``, the first forward setting (norm, non-local
+    block) that differs from the one recorded in the checkpoint.
 
     Deep-supervision heads (``deep_heads.*``) may differ: they are training-only outputs, so a
     teacher trained without them is the same network at inference, and a frozen teacher never
     runs them. Missing ones keep their initialisation; extra ones are dropped.
     """
-    state = teacher_state_dict(path)
+    state, trained = teacher_state_dict(path)
+    if model_cfg is not None:
+        _check_teacher_model(path, trained, model_cfg)
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.startswith(_DEEP_HEADS)}
     missing = [k for k in own if k not in state and not k.startswith(_DEEP_HEADS)]
