@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rirn.errors import ConfigError
-from rirn.training.setup import check_resume_networks, check_resume_optim
+from rirn.training.resume import check_resume_networks, check_resume_optim
 
 from .conftest import compose_config
 

@@ -289,6 +289,13 @@ def test_same_seed_same_first_losses(tmp_path, cache_root):
         ("data.phenotype_balance=-0.5", "data.phenotype_balance=-0.5 must be in [0, 1]"),
         ("data.fg_regions=[WT,NCR]", "data.fg_regions=['WT', 'NCR']"),
         ("postprocess.et_min_voxels=0", "postprocess.et_min_voxels=0 must be auto"),
+        ("optim.lr=-1", "optim.lr=-1 must be a number > 0"),
+        ("optim.lr=abc", "optim.lr=abc must be a number > 0"),
+        ("trainer.batch_size=0", "trainer.batch_size=0 must be a number >= 1"),
+        ("data.num_workers=-1", "data.num_workers=-1 must be a number >= 0"),
+        ("optim.betas=[0.9]", "optim.betas=[0.9] must be two numbers in"),
+        # model errors surface at start-up too, before data preparation
+        ("model.norm_groups=3", "model.norm_groups=3 must divide every width"),
     ],
 )
 def test_bad_config_fails_with_message(override, message, tmp_path):
@@ -466,7 +473,7 @@ def test_before_the_start_epoch_no_distillation_term_is_computed():
 def test_resume_refuses_a_loss_the_run_did_not_train_with():
     from omegaconf import OmegaConf
 
-    from rirn.training.setup import check_resume_loss
+    from rirn.training.resume import check_resume_loss
 
     cfg = compose_config("train", [])
     stored = OmegaConf.to_container(cfg.loss, resolve=True)
@@ -483,7 +490,7 @@ def test_resume_refuses_a_loss_the_run_did_not_train_with():
 
 
 def test_resume_refuses_other_optimiser_groups():
-    from rirn.training.setup import check_resume_optim
+    from rirn.training.resume import check_resume_optim
 
     check_resume_optim({}, {"head_lr_scale": 1.0})  # a checkpoint from before the key: 1
     check_resume_optim({"head_lr_scale": 4}, {"head_lr_scale": 4.0})

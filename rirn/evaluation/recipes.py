@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from rirn.training.setup import LEGACY_LOSS, RESUME_OPTIM, flatten_config
+from rirn.training.resume import LEGACY_LOSS, RESUME_OPTIM, flatten_config
 
 #: Keys that differ between the runs of a sweep by design (what a sweep varies, where the
 #: files go, how a run is shown) or that cannot change the result (the loader's workers).

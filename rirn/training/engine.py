@@ -22,13 +22,8 @@ from rirn.training.data import DataBundle
 from rirn.training.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from rirn.training.logs import RunLogger, summary_line, validation_picture
 from rirn.training.nets import build_step_nets
-from rirn.training.setup import (
-    RunSettings,
-    check_resume_loss,
-    check_resume_networks,
-    check_resume_optim,
-    load_teacher_weights,
-)
+from rirn.training.resume import check_resume_loss, check_resume_networks, check_resume_optim
+from rirn.training.setup import RunSettings, load_teacher_weights
 from rirn.training.steps import TERMS, StepNets, distill_scale, train_step
 
 log = logging.getLogger("rirn.train")

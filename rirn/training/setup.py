@@ -112,115 +112,6 @@ def check_loss(loss_cfg) -> None:
         raise ConfigError(f"loss.car_normalize={loss_cfg.car_normalize} must be true or false")
 
 
-#: What a ``loss`` key that a checkpoint's config lacks meant when that run trained: the options
-#: added since (``.get`` defaults of :func:`rirn.training.steps.compute_losses`).
-LEGACY_LOSS: dict[str, object] = {
-    "kd": False,
-    "feature": False,
-    "kd_temperature": 2.0,
-    "feature_norm": False,
-    "car_normalize": False,
-    "car_temperature": 1.0,
-    "weight.kd": 1.0,
-    "weight.feature": 1.0,
-}
-
-
-def flatten_config(tree, prefix: str = "") -> dict[str, object]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (a plain nested dict); lists become tuples, so that
-    values are hashable and compare by content."""
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= flatten_config(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
-def _refuse_changes(group: str, what: str, old: dict, new: dict) -> None:
-    changed = sorted(k for k in new if k in old and old[k] != new[k])
-    if changed:
-        keep = " ".join(
-            f"{group}.{k}={str(old[k]).lower() if isinstance(old[k], bool) else old[k]}"
-            for k in changed
-        )
-        raise ConfigError(
-            f"resume=true would change the {what} the run trained with ({', '.join(changed)}); "
-            f"add {keep} to resume it as trained, or start a new run"
-        )
-
-
-def check_resume_loss(stored: dict, current) -> None:
-    """Refuse to resume a run under other ``loss`` settings than it trained with (a default
-    that changed between rirn versions would otherwise switch the method mid-run, silently).
-
-    Args:
-        stored: the checkpoint's ``config["loss"]`` (a plain dict).
-        current: this run's ``cfg.loss``.
-
-    Raises:
-        ConfigError: one line with the differing keys and the overrides that resume as trained.
-    """
-    new = flatten_config(OmegaConf.to_container(current, resolve=True))
-    _refuse_changes("loss", "loss", LEGACY_LOSS | flatten_config(stored), new)
-
-
-#: ``optim`` keys a resumed run must keep, with their value in checkpoints from before the key
-#: existed: ``head_lr_scale`` decides the parameter groups of the stored Adam state, and the
-#: stored state restores lr, betas and weight decay (a new value would be ignored, silently).
-#: ``poly_power`` (the schedule is rebuilt) and ``fused`` (where Adam runs) may change.
-RESUME_OPTIM: dict[str, object] = {
-    "head_lr_scale": 1.0,
-    "lr": None,
-    "disc_lr": None,
-    "betas": None,
-    "weight_decay": None,
-}
-
-
-def check_resume_optim(stored: dict, current) -> None:
-    """:func:`check_resume_loss` for the ``optim`` keys of :data:`RESUME_OPTIM` (``stored``:
-    the checkpoint's ``config["optim"]``; ``current``: this run's ``cfg.optim``). A key that
-    the checkpoint lacks and has no legacy value (``None``) is not compared."""
-
-    def values(tree) -> dict:
-        tree = tree if isinstance(tree, dict) else OmegaConf.to_container(tree, resolve=True)
-        out = {k: tree.get(k, v) for k, v in RESUME_OPTIM.items()}
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items() if v is not None}
-
-    _refuse_changes("optim", "optimiser settings", values(stored), values(current))
-
-
-def check_resume_networks(state: dict, cfg: DictConfig, modalities: tuple[str, ...]) -> None:
-    """Refuse to resume with other networks than the run trained: another student subset
-    (``modality``), ``model.*`` settings, or teacher set-up (``teacher.freeze``/``only``).
-    Without this a new ``modality`` would go on training the stored student on other inputs.
-
-    Args:
-        state: the checkpoint (its ``modalities`` and ``config``).
-        cfg: this run's config; ``modalities``: its student subset.
-
-    Raises:
-        ConfigError: one line naming the first differing setting and the override that
-            resumes the run as trained.
-    """
-    stored = list(state.get("modalities") or [])
-    if stored and state.get("student") is not None and stored != list(modalities):
-        raise ConfigError(
-            f"resume=true would change the student's modalities ({'+'.join(stored)} -> "
-            f"{'+'.join(modalities)}); add modality={'+'.join(stored)} to resume it as trained, "
-            "or start a new run"
-        )
-    old, current = state["config"], OmegaConf.to_container(cfg, resolve=True)
-    _refuse_changes(
-        "model", "networks", flatten_config(old["model"]), flatten_config(current["model"])
-    )
-    teacher = {k: old.get("teacher", {}).get(k) for k in ("freeze", "only")}
-    teacher = {k: v for k, v in teacher.items() if v is not None}
-    _refuse_changes("teacher", "teacher set-up", teacher, flatten_config(current["teacher"]))
-
-
 def check_teacher(cfg: DictConfig) -> None:
     if cfg.teacher.get("only"):
         _check_teacher_alone(cfg)
@@ -387,6 +278,38 @@ def load_teacher_weights(model: torch.nn.Module, path: str | Path, model_cfg=Non
     model.load_state_dict(state, strict=False)
 
 
+#: ``(key, smallest allowed value, whether it must be strictly greater)`` of the numbers that
+#: otherwise fail deep inside torch with a traceback.
+_NUMBERS: tuple[tuple[str, float, bool], ...] = (
+    ("trainer.max_epochs", 1, False),
+    ("trainer.batch_size", 1, False),
+    ("data.num_workers", 0, False),
+    ("optim.lr", 0, True),
+    ("optim.disc_lr", 0, True),
+    ("optim.weight_decay", 0, False),
+)
+
+
+def _check_numbers(cfg: DictConfig) -> None:
+    for key, low, strict in _NUMBERS:
+        value = OmegaConf.select(cfg, key)
+        try:
+            ok = not isinstance(value, bool) and (
+                float(value) > low if strict else float(value) >= low
+            )
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{key}={value} must be a number {'>' if strict else '>='} {low}")
+    betas = OmegaConf.select(cfg, "optim.betas")
+    try:
+        ok = len(betas) == 2 and all(0 <= float(b) < 1 for b in betas)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"optim.betas={betas} must be two numbers in [0, 1), e.g. [0.9,0.999]")
+
+
 def check_config(cfg: DictConfig, run_dir: Path) -> RunSettings:
     """Validate ``cfg`` and derive :class:`RunSettings`; raises ConfigError on the first problem."""
     modalities = parse_modalities(cfg.modality)
@@ -421,8 +344,13 @@ def check_config(cfg: DictConfig, run_dir: Path) -> RunSettings:
         region_indices(list(cfg.data.get("fg_regions", REGIONS)))
     except ValueError as err:
         raise ConfigError(f"data.{err}") from None
-    if int(cfg.trainer.max_epochs) < 1:
-        raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs} must be >= 1")
+    _check_numbers(cfg)
+    # The networks too (a bad model.* value), before data preparation: minutes on real data.
+    from rirn.models import build_discriminator, build_unet
+
+    build_unet(cfg.model, in_channels=4)
+    if cfg.loss.adv:
+        build_discriminator(cfg.model)
     # Checked here, not at the first validation epochs later.
     from rirn.evaluation.settings import et_threshold_setting
 
