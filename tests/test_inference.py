@@ -295,3 +295,18 @@ def test_describe_postprocess():
     assert _settings("auto").describe_postprocess() == (
         "ET < 500 voxels per 240x240x155 scan (scaled to the case's grid) relabelled to NCR"
     )
+
+
+def test_inference_settings_read_a_cube_and_name_a_bad_key():
+    from rirn.evaluation.settings import inference_settings
+
+    model = {"widths": [16, 32, 64, 128], "nonlocal_scale": 8}
+    settings = inference_settings({"roi_size": 32}, "auto", (64, 64, 64), model, None)
+    assert settings.roi_size == (32, 32, 32)  # one number is a cube, as MONAI reads it
+    for bad, message in (
+        ({"overlap": "abc"}, "inference.overlap='abc' must be a number"),
+        ({"sw_batch_size": "a"}, "inference.sw_batch_size='a' must be a number"),
+        ({"roi_size": 30}, "inference.roi_size=.30, 30, 30. cannot fit"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            inference_settings(bad, "auto", (64, 64, 64), model, None)

@@ -121,6 +121,29 @@ def test_missing_modality_names_case_and_files(checkpoint, synth_root, tmp_path)
     assert line.endswith("found only: t1, t2")
 
 
+def test_an_all_zero_input_the_model_needs_is_refused(checkpoint, synth_root, tmp_path):
+    """A zero-filled placeholder normalises to zeros: segmenting without it must not pass
+    silently (a bundle skips such files; one checkpoint cannot)."""
+    four = ["flair", "t1", "t1ce", "t2"]
+    folder = _copy_case(synth_root / "Synth_004", tmp_path / "in", four)
+    t2 = folder / "Synth_004_t2.nii.gz"
+    img = nib.load(t2)
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine, img.header), t2)
+    with pytest.raises(DataError, match=r"case Synth_004: t2 is all zeros \(Synth_004_t2"):
+        _predict(checkpoint, folder, tmp_path / "out", "network=teacher")
+    # the T1ce student does not read T2: it segments the case
+    assert len(_predict(checkpoint, folder, tmp_path / "out2")) == 1
+
+
+def test_a_folder_of_several_cases_names_the_duplicate_files(checkpoint, synth_root, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for cid in ("Synth_000", "Synth_001"):
+        shutil.copy(synth_root / cid / f"{cid}_t1ce.nii.gz", flat)
+    with pytest.raises(DataError, match="several t1ce files"):
+        _predict(checkpoint, flat, tmp_path / "out")
+
+
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason="BraTS 2021 sample case not present")
 def test_predict_real_sample_keeps_geometry(checkpoint, tmp_path):
     # A synthetic-trained smoke model: only the I/O is checked. One 64^3 centre window keeps the

@@ -28,9 +28,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from rirn.data.discovery import CaseFiles, read_case_folder
+from rirn.data.discovery import CaseFiles, modality_files, read_case_folder
 from rirn.data.io import preprocess_case
-from rirn.data.modalities import MODALITIES, channel_indices
+from rirn.data.modalities import channel_indices
 from rirn.errors import ConfigError, DataError
 from rirn.inference import InferenceSettings, predict_case, predict_case_with_probs
 from rirn.labels import get_scheme, labels_to_regions, regions_to_labels
@@ -73,18 +73,6 @@ def case_folders(input_dir: str | Path) -> list[Path]:
     return found
 
 
-def _available(folder: Path) -> list[str]:
-    """Modalities with exactly one file in ``folder`` (asked one at a time)."""
-    found = []
-    for m in MODALITIES:
-        try:
-            read_case_folder(folder, (m,))
-        except DataError:
-            continue
-        found.append(m)
-    return found
-
-
 def find_case(folder: Path, subset: tuple[str, ...]) -> CaseFiles:
     """The input files of one case for ``subset``, ignoring any segmentation.
 
@@ -95,7 +83,7 @@ def find_case(folder: Path, subset: tuple[str, ...]) -> CaseFiles:
     try:
         case = read_case_folder(folder, subset)
     except DataError as exc:
-        found = _available(folder)
+        found = list(modality_files(folder))  # modalities with at least one file
         missing = [m for m in subset if m not in found]
         if not missing:
             raise  # another problem (several files of a modality): its own message says it
@@ -222,6 +210,15 @@ def segment_case(
     release = "brats2023" if scheme == "brats2023" else "brats2021"
     image, _, meta = preprocess_case(case, release, scheme)
     x = image[channel_indices(subset)]
+    # An all-zero volume (a placeholder for a modality not acquired) normalises to zeros: the
+    # network would segment without it and say nothing. A bundle skips such files itself.
+    blank = [m for m, channel in zip(subset, x, strict=True) if not np.any(channel)]
+    if blank:
+        files = ", ".join(case.images[m].name for m in blank)
+        raise DataError(
+            f"case {case.case_id}: {' and '.join(blank)} is all zeros ({files}); this model "
+            "needs it (a bundle picks the student of the modalities that are there)"
+        )
     if save_probabilities:
         regions, probs = predict_case_with_probs(net, x, meta, settings)
     else:

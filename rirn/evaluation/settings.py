@@ -49,8 +49,21 @@ def _roi(roi_size, model_cfg: Mapping) -> tuple[int, int, int]:
 
     from rirn.training.setup import check_crop
 
+    # One number is a cube, as rirn.inference and MONAI read it.
+    roi = [roi_size] * 3 if isinstance(roi_size, (int, float)) else list(roi_size)
     with _config_key("data.crop_size", "inference.roi_size"):
-        return check_crop(list(roi_size), OmegaConf.create(dict(model_cfg)))
+        return check_crop(roi, OmegaConf.create(dict(model_cfg)))
+
+
+def _number(inference_cfg: Mapping, key: str, cast, default):
+    """``inference.<key>`` as ``cast`` (``float``/``int``); a non-number is a ConfigError."""
+    value = inference_cfg.get(key, default)
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return cast(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"inference.{key}={value!r} must be a number") from None
 
 
 def et_threshold_setting(value) -> int | str | None:
@@ -103,13 +116,13 @@ def inference_settings(
         raise ConfigError(f"inference.mode={mode!r} is not one of {', '.join(MODES)}")
     roi_cfg = inference_cfg.get("roi_size")
     roi = _roi(train_crop if roi_cfg in (None, "") else roi_cfg, model_cfg)
-    overlap = float(inference_cfg.get("overlap", 0.5))
+    overlap = _number(inference_cfg, "overlap", float, 0.5)
     if not 0.0 <= overlap < 1.0:
         raise ConfigError(f"inference.overlap={overlap} must be in [0, 1)")
-    threshold = float(inference_cfg.get("threshold", 0.5))
+    threshold = _number(inference_cfg, "threshold", float, 0.5)
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"inference.threshold={threshold} must be in (0, 1)")
-    batch = int(inference_cfg.get("sw_batch_size", 4))
+    batch = _number(inference_cfg, "sw_batch_size", int, 4)
     if batch < 1:
         raise ConfigError(f"inference.sw_batch_size={batch} must be >= 1")
     et_min_voxels = et_threshold_setting(et_min_voxels)
