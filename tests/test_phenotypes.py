@@ -231,3 +231,25 @@ def test_dice_by_phenotype_by_hand():
     assert "by phenotype" not in render_markdown(
         summarize(only_hg), {}, "t", phenotype_rows(only_hg)
     )
+
+
+def test_dice_by_phenotype_keeps_the_runs_of_one_subset_apart():
+    """A loss ablation evaluates several student runs of one subset: each keeps its own rows
+    (as in the summary); the teachers of all runs are pooled into one row per phenotype."""
+    from rirn.evaluation.render import render_markdown
+    from rirn.evaluation.summary import phenotype_rows, summarize
+
+    hg, lg = (False, False, False), (False, False, True)
+    rows = []
+    for run, et in (("baseline", 0.0), ("rirn", 1.0)):  # the rirn run leaves ET empty
+        rows += per_case("a", "student", (0.8, 0.6, 0.4), hg, run=run)
+        rows += per_case("c", "student", (0.5, 0.3, et), lg, run=run)
+        rows += per_case("a", "teacher", (0.9, 0.8, 0.7), hg, run=run)
+        rows += per_case("c", "teacher", (0.7, 0.5, 1.0), lg, run=run)
+    got = {(p.model, p.run, p.phenotype): (p.n, p.dice) for p in phenotype_rows(rows)}
+    assert got[("student", "baseline", "WT+TC")] == (1, pytest.approx((0.5, 0.3, 0.0, 0.8 / 3)))
+    assert got[("student", "rirn", "WT+TC")] == (1, pytest.approx((0.5, 0.3, 1.0, 0.6)))
+    assert got[("teacher", "", "WT+TC")][0] == 2  # both runs' teachers, one row
+    text = render_markdown(summarize(rows), {}, "t", phenotype_rows(rows))
+    assert "| student | t1ce | `baseline` | WT+TC | 1 | 50.00 | 30.00 | 0.00 | 26.67 |" in text
+    assert "| student | t1ce | `rirn` | WT+TC | 1 | 50.00 | 30.00 | 100.00 | 60.00 |" in text

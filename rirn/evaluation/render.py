@@ -103,10 +103,12 @@ def render_markdown(
             "",
         ]
         body = [
-            [p.model, p.subset, p.phenotype, str(p.n), *(_number(v, "dice") for v in p.dice)]
+            [p.model, p.subset, *([f"`{p.run}`" if p.run else ""] if runs else [])]
+            + [p.phenotype, str(p.n), *(_number(v, "dice") for v in p.dice)]
             for p in phenotypes
         ]
-        lines += markdown_table(["model", "subset", "phenotype", "n", *SUMMARY_REGIONS], body)
+        head = ["model", "subset", *(["run"] if runs else []), "phenotype", "n"]
+        lines += markdown_table([*head, *SUMMARY_REGIONS], body)
     problems = [r for r in rows if r.status != "ok"]
     if problems:
         lines += ["", "## Runs without results", ""]

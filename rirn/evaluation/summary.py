@@ -243,6 +243,8 @@ class PhenotypeRow:
     Attributes:
         model: ``"student"`` or ``"teacher"``.
         subset: the input modalities' name (``subset_name``).
+        run: the student's run; ``""`` for the teacher row, which pools every run's teacher
+            (as the summary's teacher row does).
         phenotype: the regions the ground truth holds (:func:`rirn.labels.phenotype`).
         n: number of (run, case) pairs.
         dice: mean Dice for WT, TC, ET and AVG (:data:`SUMMARY_REGIONS`).
@@ -250,16 +252,18 @@ class PhenotypeRow:
 
     model: str
     subset: str
+    run: str
     phenotype: str
     n: int
     dice: tuple[float, float, float, float]
 
 
 def phenotype_rows(rows: list[Mapping]) -> list[PhenotypeRow]:
-    """Dice by phenotype: per-case rows grouped by (model, subset) and by the regions present
-    in each case's ground truth (read off ``gt_empty``), so a collapse on a rare phenotype (no
+    """Dice by phenotype: per-case rows grouped by model, subset and run (one row per student
+    run, as in the summary; the teachers of all runs pooled) and by the regions present in each
+    case's ground truth (read off ``gt_empty``), so a collapse on a rare phenotype (no
     enhancing tumour) shows instead of hiding in the mean. Sorted by model (students first),
-    subset, then phenotype."""
+    subset, run, then phenotype."""
     # A case's ground truth is the same for every model of its run.
     present: dict[tuple[str, str], set[str]] = {}
     for r in rows:
@@ -269,13 +273,14 @@ def phenotype_rows(rows: list[Mapping]) -> list[PhenotypeRow]:
     for r in rows:
         regions = present.get((r["run"], r["case"]), set())
         name = "+".join(x for x in REGIONS if x in regions) or "none"
-        groups.setdefault((r["model"], r["subset"], name), []).append(r)
+        run = r["run"] if r["model"] == "student" else ""
+        groups.setdefault((r["model"], r["subset"], run, name), []).append(r)
     out = []
-    for (model, subset, name), group in groups.items():
+    for (model, subset, run, name), group in groups.items():
         values = _per_case_values(group, "dice")
         dice = tuple(float(v) for v in values.mean(axis=0))
-        out.append(PhenotypeRow(model, subset, name, values.shape[0], dice))
-    out.sort(key=lambda p: (p.model != "student", p.subset, p.phenotype))
+        out.append(PhenotypeRow(model, subset, run, name, values.shape[0], dice))
+    out.sort(key=lambda p: (p.model != "student", p.subset, p.run, p.phenotype))
     return out
 
 
