@@ -374,7 +374,12 @@ def test_cli_smoke_run_and_two_process_gloo(tmp_path, cache_root):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1  # rank 0 only writes
-    assert load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["epoch"] == 1
+    ckpt = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 1
+    # each rank's RNG (seeded seed + rank) is saved, for its own dropout masks after a resume
+    ranks = ckpt["rng_ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
+    assert torch.equal(ranks[0]["torch"], ckpt["rng"]["torch"])
 
 
 def test_non_finite_loss_names_term_and_step_and_keeps_checkpoint(

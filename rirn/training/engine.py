@@ -154,13 +154,25 @@ class CoTrainer:
                 group["lr"] = base * fn(sched.last_epoch)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.dist.world_size:
+            set_rng_state(ranks[self.dist.rank])  # DDP: this rank's own stream
+        else:
+            set_rng_state(state["rng"])
+            if self.dist.enabled:  # another world size: keep the ranks' draws apart
+                torch.manual_seed(int(self.cfg.seed) + self.dist.rank + 1000 * int(state["epoch"]))
         self.epoch, self.best_metric = int(state["epoch"]), float(state["best_metric"])
         self.history, self.global_step = list(state["history"]), int(state.get("global_step", 0))
 
     def save(self, name: str) -> None:
+        """Write ``checkpoints/<name>`` from rank 0; every rank must call it, since the RNG
+        states of all ranks go in (each rank draws its own dropout masks)."""
+        rngs = gather_objects(rng_state(), self.dist) if self.dist.enabled else None
         if self.dist.is_main:
-            atomic_save(self.state_dict(), self.ckpt_dir / name)
+            state = self.state_dict()
+            if rngs is not None:
+                state["rng_ranks"] = rngs
+            atomic_save(state, self.ckpt_dir / name)
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict:
