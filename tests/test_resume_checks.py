@@ -82,3 +82,37 @@ def test_resume_trains_on_the_split_its_checkpoint_recorded(tmp_path, cache_root
     train_run(tmp_path, resume)
     assert json.loads((run_dir / "split.json").read_text())["val"] == trained["val"]
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["split"]["val"] == trained["val"]
+
+
+def test_tensorboard_hides_what_came_after_the_checkpoint_a_run_resumes(tmp_path, cache_root):
+    """A crash after epoch 2 was logged but before its last.pt was written: the resumed run
+    logs epoch 2 again, and TensorBoard shows each step once. A run started over an earlier
+    one hides all of the earlier run's events."""
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from .step_fixtures import train_run
+
+    smoke = ["debug=smoke", f"data.cache_root={cache_root}", "trainer.progress=false"]
+    smoke += ["loss=baseline"]
+    run_dir, _ = train_run(tmp_path, [*smoke, "trainer.max_epochs=1"])
+    last = run_dir / "checkpoints" / "last.pt"
+    shutil.copy(last, tmp_path / "epoch1.pt")
+    train_run(tmp_path, [*smoke, "trainer.max_epochs=2", "resume=true"])
+    shutil.copy(tmp_path / "epoch1.pt", last)  # the crash: epoch 2 logged, not saved
+    train_run(tmp_path, [*smoke, "trainer.max_epochs=2", "resume=true"])
+
+    def steps(tag: str) -> list[int]:
+        acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+        acc.Reload()
+        return [e.step for e in acc.Scalars(tag)]
+
+    from rirn.training.checkpoint import load_checkpoint
+
+    per_epoch = load_checkpoint(tmp_path / "epoch1.pt")["global_step"]
+    assert steps("train_step/total") == list(range(1, 2 * per_epoch + 1))  # each step once
+    assert steps("train/epoch") == [per_epoch, 2 * per_epoch]  # epoch rows at their step
+
+    train_run(tmp_path, [*smoke, "trainer.max_epochs=1"])  # from scratch over it
+    assert steps("train/epoch") == [per_epoch]

@@ -189,8 +189,11 @@ class CoTrainer:
                 self.logger.history_path.unlink(missing_ok=True)
             for row in self.history:
                 self.logger.history(row)
+            # What came after last.pt goes (its own last step, logged at global_step, stays).
+            self.logger.start(purge_step=self.global_step + 1)
         else:
-            self._start_over_earlier_run()
+            earlier = self._start_over_earlier_run()
+            self.logger.start(purge_step=0 if earlier else None)
         while self.epoch < self.max_epochs:
             t0 = time.time()
             lr = self.nets.opt_main.param_groups[0]["lr"]
@@ -225,15 +228,16 @@ class CoTrainer:
         self.logger.close()
         return self.history[-1] if self.history else {}
 
-    def _start_over_earlier_run(self) -> None:
+    def _start_over_earlier_run(self) -> bool:
         """A run without ``resume=true`` in the folder of an earlier run trains from scratch
-        over it. Its history goes now, so the two never mix in ``metrics.jsonl``; its best.pt
-        too, or ``rirn.evaluate`` would score the old network until this run's first
-        validation. last.pt stays until this run's first epoch replaces it, so stopping at once
-        and resuming still recovers the earlier run."""
+        over it. Its history goes now, so the two never mix in ``metrics.jsonl`` (nor in
+        TensorBoard, where the caller hides the earlier events); its best.pt too, or
+        ``rirn.evaluate`` would score the old network until this run's first validation.
+        last.pt stays until this run's first epoch replaces it, so stopping at once and
+        resuming still recovers the earlier run. Returns whether there was an earlier run."""
         last = self.ckpt_dir / "last.pt"
         if not self.dist.is_main or not (last.exists() or self.logger.history_path.exists()):
-            return
+            return False
         log.warning(
             f"{self.run_dir} holds an earlier run; training from scratch over it (its "
             f"metrics.jsonl and best.pt removed, last.pt replaced after the first epoch). "
@@ -241,6 +245,7 @@ class CoTrainer:
         )
         self.logger.history_path.unlink(missing_ok=True)
         (self.ckpt_dir / "best.pt").unlink(missing_ok=True)
+        return True
 
     def _val_due(self) -> bool:
         every = max(1, int(self.cfg.trainer.val_every))
@@ -396,13 +401,13 @@ class CoTrainer:
             if rows and f"{who}/WT" in out:
                 out[f"{who}/mean"] = float(np.mean([out[f"{who}/{r}"] for r in REGIONS]))
         if picture is not None:
-            self.logger.image("val/slice_input_gt_teacher_student", picture, self.epoch)
+            self.logger.image("val/slice_input_gt_teacher_student", picture, self.global_step)
         return broadcast_object(out, self.dist)
 
     def _log_epoch(self, row: dict, val: dict | None) -> None:
         scalars = {k: v for k, v in row.items() if isinstance(v, float) and k not in ("seconds",)}
         scalars = {(k if "/" in k else f"train/{k}"): v for k, v in scalars.items()}
-        self.logger.scalars(
-            {("val/" + k if val and k in val else k): v for k, v in scalars.items()}, self.epoch
-        )
+        scalars = {("val/" + k if val and k in val else k): v for k, v in scalars.items()}
+        # At the optimiser step, as every event (RunLogger); train/epoch maps steps to epochs.
+        self.logger.scalars({**scalars, "train/epoch": float(self.epoch)}, self.global_step)
         self.logger.history(row)

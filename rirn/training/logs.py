@@ -11,16 +11,24 @@ from rirn.labels import REGIONS
 
 
 class RunLogger:
-    """TensorBoard + ``metrics.jsonl``; every method is a no-op on ranks other than 0."""
+    """TensorBoard + ``metrics.jsonl``; every method is a no-op on ranks other than 0.
+
+    Every TensorBoard event is logged at the optimiser step, so that one ``purge_step`` of
+    :meth:`start` hides what a crashed run logged after its last checkpoint (or, at 0, all
+    of an earlier run in the same folder)."""
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
         self.enabled = enabled
         self.history_path = run_dir / "metrics.jsonl"
+        self.tb_dir = run_dir / "tb" if enabled and tensorboard else None
         self.writer = None
-        if enabled and tensorboard:
+
+    def start(self, purge_step: int | None = None) -> None:
+        """Open TensorBoard; events at steps ``>= purge_step`` already in ``tb/`` are hidden."""
+        if self.tb_dir is not None and self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+            self.writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is not None:
