@@ -28,7 +28,7 @@ from rirn.losses import (
 #: ``feat``: the knowledge-transfer baselines (``loss.kd``, ``loss.feature``).
 TERMS: tuple[str, ...] = ("total", "seg_t", "seg_s", "crr", "car", "adv", "kd", "feat", "disc")
 #: The ``loss.*`` switches of the terms that read the teacher: all off = the segmentation-only
-#: baseline (e.g. the throwaway student of a teacher run, rirn.training.provision).
+#: baseline (and a teacher run, rirn.training.provision, sets them all off).
 DISTILLATION_SWITCHES: tuple[str, ...] = ("crr", "mf", "car", "adv", "kd", "feature")
 
 
