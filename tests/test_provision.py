@@ -28,7 +28,7 @@ from rirn.training.provision import (
     teacher_ready,
     teacher_run_dir,
 )
-from rirn.training.setup import check_config, teacher_split
+from rirn.training.setup import check_config, recorded_split
 
 from .conftest import compose_config
 from .step_fixtures import train_run
@@ -215,11 +215,11 @@ def test_teacher_split_refuses_a_malformed_record(tmp_path):
     path = tmp_path / "c.pt"
     torch.save({"teacher": {}, "split": {"train": "Synth_000", "val": []}}, path)
     with pytest.raises(ConfigError, match="malformed split"):
-        teacher_split(path)
+        recorded_split(path)
     torch.save({"teacher": {}}, path)
-    assert teacher_split(path) is None
+    assert recorded_split(path) is None
     torch.save({"teacher": {}, "split": {"train": ["a"], "val": ["b"]}}, path)
-    assert teacher_split(path) == {"train": ["a"], "val": ["b"]}
+    assert recorded_split(path) == {"train": ["a"], "val": ["b"]}
 
 
 def test_frozen_teacher_is_scored_at_the_first_validation_only(tmp_path, cache_root, monkeypatch):

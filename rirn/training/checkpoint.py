@@ -37,6 +37,17 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
+def peek_checkpoint(path: str | Path) -> object:
+    """``torch.load`` memory-mapped: reading one small entry (the split, whether a student is
+    there) does not read the weights and optimiser state. A legacy (non-zip) file, which
+    cannot be memory-mapped, is read whole."""
+    path = Path(path).expanduser()
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def rng_state() -> dict:
     state = {
         "python": random.getstate(),

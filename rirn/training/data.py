@@ -25,7 +25,7 @@ from rirn.data.split import make_split, read_split, validate_split, write_split
 from rirn.data.synthetic import GENERATOR_VERSION, ensure_synthetic
 from rirn.labels import REGIONS
 from rirn.training.distributed import DistInfo, barrier
-from rirn.training.setup import check_teacher_split, teacher_split
+from rirn.training.setup import check_teacher_split, recorded_split
 
 log = logging.getLogger("rirn.train")
 
@@ -98,7 +98,7 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
     split_path = run_dir / "split.json"
     teacher_ckpt = cfg.teacher.checkpoint
     last = run_dir / "checkpoints" / "last.pt"
-    recorded = teacher_split(last, key="resume=true: checkpoint") if cfg.resume else None
+    recorded = recorded_split(last, key="resume=true: checkpoint") if cfg.resume else None
     if recorded is not None:
         # A resumed run keeps the split its checkpoint trained on, checked against its teacher
         # when it started (split.json may be another run's: one started over this folder).
@@ -109,7 +109,7 @@ def prepare_data(cfg, settings, run_dir: Path, dist: DistInfo) -> DataBundle:
         allow = bool(cfg.teacher.get("allow_split_mismatch", False))
         # An explicit split that may overlap the teacher's needs nothing from the checkpoint.
         needed = teacher_ckpt and not (data_cfg.split_file and allow)
-        from_teacher = teacher_split(teacher_ckpt) if needed else None
+        from_teacher = recorded_split(teacher_ckpt) if needed else None
         if data_cfg.split_file:
             split = read_split(Path(str(data_cfg.split_file)).expanduser(), source.case_ids)
         elif from_teacher is not None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rirn.errors import ConfigError
+from rirn.training.checkpoint import peek_checkpoint
 from rirn.training.steps import DISTILLATION_SWITCHES
 
 log = logging.getLogger("rirn.train")
@@ -99,11 +100,9 @@ _MISSING = object()
 
 
 def _has_student(checkpoint: Path) -> bool:
-    """Whether a run's ``last.pt`` holds student weights (memory-mapped: nothing is read)."""
-    import torch
-
+    """Whether a run's ``last.pt`` holds student weights."""
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        state = peek_checkpoint(checkpoint)
     except Exception:  # noqa: BLE001 - unreadable: the resume itself reports it
         return False
     return isinstance(state, dict) and state.get("student") is not None

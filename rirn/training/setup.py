@@ -13,6 +13,7 @@ from rirn.data.dataset import region_indices
 from rirn.data.modalities import MODALITIES, parse_modalities
 from rirn.errors import ConfigError
 from rirn.labels import REGIONS
+from rirn.training.checkpoint import peek_checkpoint
 
 AGGREGATIONS = ("mean", "max", "min", "maxmin")
 PRECISIONS = ("auto", "32", "bf16", "16")
@@ -192,11 +193,9 @@ def _check_teacher_model(path, trained: dict | None, model_cfg) -> None:
             )
 
 
-def teacher_split(path: str | Path, key: str = "teacher.checkpoint") -> dict | None:
-    """The train/val split recorded in a rirn checkpoint (``None``: a bare state dict, or a
-    checkpoint from before splits were recorded).
-
-    Memory-mapped: only the small ``split`` entry is read, not the weights and optimiser state.
+def recorded_split(path: str | Path, key: str = "teacher.checkpoint") -> dict | None:
+    """The train/val split recorded in a rirn checkpoint, a teacher's or a resumed run's own
+    (``None``: a bare state dict, or a checkpoint from before splits were recorded).
 
     Args:
         path: the checkpoint; ``key``: what the error message calls it.
@@ -204,10 +203,7 @@ def teacher_split(path: str | Path, key: str = "teacher.checkpoint") -> dict | N
     Raises:
         ConfigError: the recorded split is not ``{"train": [ids], "val": [ids]}``.
     """
-    try:
-        obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
-        obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
+    obj = peek_checkpoint(path)
     split = obj.get("split") if isinstance(obj, dict) else None
     if split is None:
         return None
