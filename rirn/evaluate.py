@@ -55,6 +55,7 @@ def _settings(cfg: DictConfig, ckpt: LoadedCheckpoint, options: EvalOptions) -> 
         ckpt.crop_size,
         ckpt.config["model"],
         amp_dtype(options.device, bool(cfg.amp)),
+        nested=cfg.postprocess.nested,
     )
 
 

@@ -9,7 +9,8 @@ brain box ``B``, and its ``meta``; docs/architecture.md):
    box (:func:`sliding_window_inference`) or the paper's centre window
    (:func:`center_crop_inference`), flip TTA, threshold, ET post-processing, autocast;
 2. :func:`predict_probs` gives the region probabilities ``(3, *B)`` in the box;
-3. :func:`predict_case` thresholds them per region (:func:`probs_to_regions`), drops small ET
+3. :func:`predict_case` thresholds them per region (:func:`probs_to_regions`), nests them as
+   the written label map does (:func:`rirn.labels.nest_regions`, ``nested``), drops small ET
    when asked and pastes the masks back into the original volume ``(3, *meta.shape)``
    (:func:`predict_case_with_probs` also returns the probabilities there).
 
@@ -52,7 +53,7 @@ import numpy as np
 import torch
 
 from rirn.data.transforms import uncrop_to_original
-from rirn.labels import BRATS_SHAPE
+from rirn.labels import BRATS_SHAPE, nest_regions
 from rirn.metrics import ET_MIN_VOXELS, remove_small_et, scaled_et_min_voxels
 
 Model = Callable[[torch.Tensor], object]
@@ -291,6 +292,8 @@ class InferenceSettings:
         et_min_voxels: ET post-processing (:func:`rirn.metrics.remove_small_et`): a voxel
             count, ``"auto"`` (mmFormer's 500 voxels of a BraTS case scaled to the case's
             grid, :func:`rirn.metrics.scaled_et_min_voxels`) or ``None`` (off).
+        nested: score the masks the written label map encodes (:func:`rirn.labels.nest_regions`,
+            as BraTS and nnU-Net do), not each region as thresholded on its own.
     """
 
     mode: str
@@ -304,6 +307,7 @@ class InferenceSettings:
     sw_batch_size: int = 4
     amp_dtype: torch.dtype | None = None
     et_min_voxels: int | str | None = None
+    nested: bool = True
 
     def describe(self) -> str:
         """One line for tables, e.g. ``sliding window 160x192x128, overlap 0.5, Gaussian``."""
@@ -323,15 +327,17 @@ class InferenceSettings:
         return self.et_min_voxels
 
     def describe_postprocess(self) -> str:
-        if self.et_min_voxels is None:
-            return "none"
+        """One line for tables: the ET post-processing and the nesting (``none``: neither)."""
+        parts = []
         if self.et_min_voxels == "auto":
             x, y, z = BRATS_SHAPE
-            return (
-                f"ET < {ET_MIN_VOXELS} voxels per {x}x{y}x{z} scan (scaled to the case's grid) "
-                "relabelled to NCR"
-            )
-        return f"ET < {self.et_min_voxels} voxels relabelled to NCR"
+            scan = f"per {x}x{y}x{z} scan (scaled to the case's grid)"
+            parts.append(f"ET < {ET_MIN_VOXELS} voxels {scan} relabelled to NCR")
+        elif self.et_min_voxels is not None:
+            parts.append(f"ET < {self.et_min_voxels} voxels relabelled to NCR")
+        if self.nested:
+            parts.append("masks nested as in the written label map (ET in TC in WT)")
+        return "; ".join(parts) or "none"
 
     def as_dict(self) -> dict:
         """Plain JSON-able dict (for the record that decides whether results are up to date)."""
@@ -374,11 +380,12 @@ def predict_probs(
 def case_regions(
     probs: torch.Tensor | np.ndarray, settings: InferenceSettings, shape: Sequence[int]
 ) -> np.ndarray:
-    """The masks of one case: thresholded per region, then ET post-processed when asked.
+    """The masks of one case: thresholded per region, nested when ``settings.nested`` (the
+    regions of the label map ``rirn.predict`` writes), then ET post-processed when asked.
 
     Args:
         probs: ``(3, *B)`` region probabilities in the brain box (tensor or numpy).
-        settings: ``threshold`` and ``et_min_voxels`` are used.
+        settings: ``threshold``, ``nested`` and ``et_min_voxels`` are used.
         shape: the case's original grid ``meta["shape"]`` (for ``et_min_voxels="auto"``).
 
     Returns:
@@ -388,6 +395,7 @@ def case_regions(
     if isinstance(probs, torch.Tensor):
         probs = probs.float().cpu().numpy()
     regions = probs_to_regions(probs, settings.threshold)
+    regions = nest_regions(regions) if settings.nested else regions
     threshold = settings.et_threshold(shape)
     return regions if threshold is None else remove_small_et(regions, threshold)
 
@@ -422,7 +430,7 @@ def predict_case(
 
     Returns:
         ``(3, *meta["shape"])`` bool region masks (WT, TC, ET), background outside the box.
-        Thresholding is per region, so the masks are not forced to be nested.
+        Nested when ``settings.nested`` (the default), else each region as thresholded.
     """
     regions, _ = _predict_box(model, image, meta, settings)
     return uncrop_to_original(regions, dict(meta), fill=False)

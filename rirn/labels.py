@@ -107,6 +107,29 @@ def regions_to_labels(regions: np.ndarray, scheme: LabelScheme) -> np.ndarray:
     return out
 
 
+def nest_regions(regions: np.ndarray) -> np.ndarray:
+    """The nested masks that the label map of region masks encodes: union upward.
+
+    Each region is thresholded on its own, so predicted masks need not be nested (a voxel can
+    be TC but not WT). :func:`regions_to_labels` writes one label per voxel, and reading that
+    map back (as BraTS and nnU-Net score a submission) gives ``WT | TC | ET``, ``TC | ET`` and
+    ``ET``. This returns those masks directly: for every scheme it equals
+    ``labels_to_regions(regions_to_labels(regions, scheme), scheme)``.
+
+    Args:
+        regions: region masks ``(3, *S)`` bool (or 0/1), channels ``WT, TC, ET``.
+
+    Returns:
+        A new ``bool`` array ``(3, *S)`` with ET ⊆ TC ⊆ WT; the input is not modified.
+    """
+    regions = np.asarray(regions, dtype=bool)
+    if regions.ndim < 1 or regions.shape[0] != len(REGIONS):
+        raise ValueError(f"expected region masks of shape (3, *S), got {regions.shape}")
+    et = regions[2].copy()
+    tc = regions[1] | et
+    return np.stack([regions[0] | tc, tc, et])
+
+
 def regions_to_bits(regions: np.ndarray) -> np.ndarray:
     """Region masks ``(3, *S)`` -> region-bit map ``(*S)`` uint8 (bit r set = region r)."""
     regions = np.asarray(regions, dtype=np.uint8)

@@ -97,6 +97,7 @@ def _settings(
         crop,
         model_cfg,
         amp_dtype(device, bool(cfg.amp)),
+        nested=cfg.postprocess.nested,
     )
 
 

@@ -18,7 +18,9 @@ poly ``(1 - step/N)^0.9``; batch 2; N = ``--steps`` (default: the run's). Scorin
 ``sliding_window_inference(roi_size=crop, overlap=0.5, mode="gaussian")``, sigmoid > 0.5, Dice
 by ``rirn.metrics.dice`` in the original volume on the run's validation cases, as rirn.evaluate,
 with the same ET post-processing (``--et-min-voxels``, default ``auto`` as rirn.evaluate's
-``postprocess.et_min_voxels``; ``none`` for the raw masks).
+``postprocess.et_min_voxels``; ``none`` for the raw masks) and the same nesting of the masks
+(``--no-nested``: each region as thresholded, MONAI's BraTS tutorial; default nested, as
+rirn.evaluate's ``postprocess.nested``).
 Writes ``OUT.json`` and ``OUT.md`` (``--out``, default ``RUN/monai_anchor``), with
 ``--save-predictions`` also ``OUT_predictions/<inputs>/<case>.npz`` (full-volume region bits);
 shows rirn's teacher and student rows from ``RUN/eval/per_case.csv`` when it exists.
@@ -267,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--et-min-voxels", default="auto", help="ET post-processing: auto (default), N or none"
     )
+    parser.add_argument(
+        "--nested",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score the nested masks of the label map (default, as rirn.evaluate)",
+    )
     args = parser.parse_args(argv)
     try:
         run = load_run(args.run_dir.expanduser())
@@ -296,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     et_min = et_threshold_setting(
         None if args.et_min_voxels.lower() == "none" else args.et_min_voxels
     )
-    postprocess = InferenceSettings("sliding_window", crop, et_min_voxels=et_min)
+    postprocess = InferenceSettings(
+        "sliding_window", crop, et_min_voxels=et_min, nested=args.nested
+    )
     per_case = score(nets, run["source"], run["val"], crop, device, pred_dir, postprocess)
     rows = mean_rows(per_case, steps) + rirn_rows(run_dir, run["val"], steps)
     for row in rows[len(nets) :]:

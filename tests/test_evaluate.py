@@ -28,8 +28,8 @@ from rirn.evaluation.summary import (
     write_per_case_csv,
 )
 from rirn.inference import sliding_window_inference
-from rirn.labels import REGIONS, get_scheme, labels_to_regions
-from rirn.metrics import region_metrics, remove_small_et
+from rirn.labels import REGIONS, get_scheme, labels_to_regions, regions_to_labels
+from rirn.metrics import region_metrics
 
 from .conftest import REPO, compose_config, run_cli
 
@@ -182,18 +182,26 @@ def test_evaluate_run_writes_every_file(smoke_run, cache_root):
     ckpt = open_checkpoint(smoke_run / "checkpoints" / "best.pt")
     net = ckpt.network("student")
     probs = sliding_window_inference(net, torch.from_numpy(image[[2]])[None], (32, 32, 32))
-    # the default post-processing: mmFormer's 500 voxels scaled to this 48x48x32 grid
+    # the default post-processing, on the label map rirn.predict would write (its regions are
+    # nested): mmFormer's pred[pred == ET] = NCR when ET has under 500 voxels scaled to this
+    # 48x48x32 grid, then the regions read back from the map as BraTS scores them
     et_min = round(500 * math.prod(meta["shape"]) / (240 * 240 * 155))
-    pred = _to_full(remove_small_et(probs[0].numpy() > 0.5, et_min), meta)
+    scheme = get_scheme("brats")
+    labels = regions_to_labels(_to_full(probs[0].numpy() > 0.5, meta), scheme)
+    if np.count_nonzero(labels == scheme.et) < et_min:
+        labels[labels == scheme.et] = scheme.ncr
+    pred = labels_to_regions(labels, scheme)
     expected = region_metrics(pred, _original_regions(folder), meta["spacing"])
     _assert_rows_equal(_rows_of(rows, val[0], "student"), expected)
 
 
 def test_center_crop_matches_independent_forward_pass(smoke_run, cache_root, tmp_path):
     centre = "inference.mode=center_crop"
-    raw = "postprocess.et_min_voxels=null"  # the masks as thresholded
-    out = _evaluate([f"run_dir={smoke_run}", centre, raw, f"output_dir={tmp_path}"])
-    assert "centre crop 32x32x32" in (out / "summary.md").read_text()
+    # the masks as thresholded: no ET post-processing, not nested (each region on its own)
+    raw = ["postprocess.et_min_voxels=null", "postprocess.nested=false"]
+    out = _evaluate([f"run_dir={smoke_run}", centre, *raw, f"output_dir={tmp_path}"])
+    md = (out / "summary.md").read_text()
+    assert "centre crop 32x32x32" in md and "Post-processing: none" in md
     rows = _csv(out / "per_case.csv")
     ckpt = open_checkpoint(smoke_run / "checkpoints" / "best.pt")
     case = _val_ids(smoke_run)[-1]
@@ -260,6 +268,13 @@ def test_sweep_lists_missing_run_and_reuses_results(smoke_run, tmp_path):
     _evaluate([*overrides, "reuse=true"])
     assert (good / "eval" / "per_case.csv").stat().st_mtime_ns == stamp
     assert read_per_case_csv(out / "per_case.csv") == rows
+    # Un-nested masks are other results: scored again, not reused.
+    assert json.loads((good / "eval" / "evaluation.json").read_text())["inference"]["nested"]
+    _evaluate([*overrides, "reuse=true", "postprocess.nested=false"])
+    assert (good / "eval" / "per_case.csv").stat().st_mtime_ns != stamp
+    assert not json.loads((good / "eval" / "evaluation.json").read_text())["inference"]["nested"]
+    assert "masks nested" not in (out / "summary.md").read_text()
+    stamp = (good / "eval" / "per_case.csv").stat().st_mtime_ns
     # Other settings (no post-processing, flip TTA, no teacher): not current any more.
     _evaluate([*overrides[:-1], "reuse=true", "inference.tta=true", "teacher=false"])
     assert (good / "eval" / "per_case.csv").stat().st_mtime_ns != stamp
@@ -341,6 +356,8 @@ def test_bad_inference_option_is_config_error(smoke_run):
         _evaluate([f"run_dir={smoke_run}", "inference.mode=whole"])
     with pytest.raises(ConfigError, match="inference.roi_size"):
         _evaluate([f"run_dir={smoke_run}", "inference.roi_size=[30,32,32]"])
+    with pytest.raises(ConfigError, match="postprocess.nested='maybe' must be true or false"):
+        _evaluate([f"run_dir={smoke_run}", "postprocess.nested=maybe"])
 
 
 def _fake_rows(run: str, subset: tuple[str, ...], model: str, dice: list[float]) -> list[dict]:

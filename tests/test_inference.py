@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from rirn.errors import ConfigError
-from rirn.evaluation.settings import et_threshold_setting
+from rirn.evaluation.settings import et_threshold_setting, inference_settings, nested_setting
 from rirn.inference import (
     InferenceSettings,
     case_regions,
@@ -21,6 +21,8 @@ from rirn.inference import (
     sliding_window_inference,
     window_starts,
 )
+from rirn.labels import SCHEMES, labels_to_regions, regions_to_labels
+from rirn.metrics import remove_small_et
 
 ATOL = 1e-6
 
@@ -262,8 +264,10 @@ def test_et_threshold_setting_rejects_with_the_key(value):
         et_threshold_setting(value)
 
 
-def _settings(et_min_voxels) -> InferenceSettings:
-    return InferenceSettings(mode="sliding_window", roi_size=(4, 4, 4), et_min_voxels=et_min_voxels)
+def _settings(et_min_voxels, nested: bool = True) -> InferenceSettings:
+    return InferenceSettings(
+        mode="sliding_window", roi_size=(4, 4, 4), et_min_voxels=et_min_voxels, nested=nested
+    )
 
 
 def test_case_regions_thresholds_then_drops_small_et_of_the_case_grid():
@@ -289,17 +293,76 @@ def test_case_regions_thresholds_then_drops_small_et_of_the_case_grid():
     )
 
 
+def _label_map_route(probs: np.ndarray, min_voxels: int | None, scheme) -> np.ndarray:
+    """What BraTS scores of the file rirn.predict writes: threshold, the label map, mmFormer's
+    ``pred[pred == ET] = NCR`` when ET is small, and the regions read back from the map."""
+    labels = regions_to_labels(probs > 0.5, scheme)
+    if min_voxels is not None and np.count_nonzero(labels == scheme.et) < min_voxels:
+        labels[labels == scheme.et] = scheme.ncr
+    return labels_to_regions(labels, scheme)
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+@pytest.mark.parametrize("seed", range(4))
+def test_nested_case_regions_are_the_regions_of_the_written_label_map(scheme, seed):
+    # Independent random channels: ET outside TC, TC outside WT, and an ET count (about 80 of
+    # 6x6x6 voxels) on either side of the thresholds below.
+    probs = np.random.default_rng(seed).random((3, 6, 6, 6)).astype(np.float32)
+    probs[2] *= 0.8
+    grid = (64, 64, 48)  # auto: 11 voxels
+    raw = probs > 0.5
+    assert (raw[1] & ~raw[0]).any() and (raw[2] & ~raw[1]).any()
+    n_et = int(raw[2].sum())
+    for et_min, min_voxels in ((None, None), ("auto", 11), (n_et, n_et), (n_et + 1, n_et + 1)):
+        ours = case_regions(torch.from_numpy(probs), _settings(et_min), grid)
+        expected = _label_map_route(probs, min_voxels, SCHEMES[scheme])
+        np.testing.assert_array_equal(ours, expected)
+    assert case_regions(probs, _settings(n_et + 1), grid)[2].sum() == 0  # ET was dropped
+
+
+def test_unnested_case_regions_are_the_masks_as_thresholded():
+    # nested=False: rirn before session 30; each region's own threshold, ET post-processing on it
+    probs = np.random.default_rng(7).random((3, 6, 6, 6)).astype(np.float32)
+    raw = probs > 0.5
+    assert (raw[1] & ~raw[0]).any() and (raw[2] & ~raw[1]).any()
+    np.testing.assert_array_equal(case_regions(probs, _settings(None, nested=False), ()), raw)
+    big = int(raw[2].sum()) + 1
+    np.testing.assert_array_equal(
+        case_regions(probs, _settings(big, nested=False), ()), remove_small_et(raw, big)
+    )
+    # ...which is not what the label map holds: nesting adds TC and WT voxels, ET unchanged
+    nested = case_regions(probs, _settings(None), ())
+    assert (nested[:2] & ~raw[:2]).any() and not (raw & ~nested).any()
+    np.testing.assert_array_equal(nested[2], raw[2])
+
+
 def test_describe_postprocess():
-    assert _settings(None).describe_postprocess() == "none"
-    assert _settings(20).describe_postprocess() == "ET < 20 voxels relabelled to NCR"
-    assert _settings("auto").describe_postprocess() == (
+    nested = "masks nested as in the written label map (ET in TC in WT)"
+    assert _settings(None, nested=False).describe_postprocess() == "none"
+    assert _settings(None).describe_postprocess() == nested
+    assert _settings(20, nested=False).describe_postprocess() == "ET < 20 voxels relabelled to NCR"
+    assert _settings(20).describe_postprocess() == f"ET < 20 voxels relabelled to NCR; {nested}"
+    assert _settings("auto", nested=False).describe_postprocess() == (
         "ET < 500 voxels per 240x240x155 scan (scaled to the case's grid) relabelled to NCR"
     )
+    assert _settings("auto").describe_postprocess().endswith(f"relabelled to NCR; {nested}")
+
+
+def test_nested_setting_and_its_record():
+    model = {"widths": [16, 32, 64, 128], "nonlocal_scale": 8}
+    assert nested_setting(True) is True and nested_setting(False) is False
+    default = inference_settings({}, "auto", (64, 64, 64), model, None)
+    raw = inference_settings({}, "auto", (64, 64, 64), model, None, nested=False)
+    assert default.nested is True and raw.nested is False
+    assert InferenceSettings(mode="sliding_window", roi_size=(4, 4, 4)).nested is True
+    # the record rirn.evaluate compares before reusing results: a change is not current
+    assert default.as_dict()["nested"] is True and raw.as_dict()["nested"] is False
+    for value in ("maybe", "true", 1, 0, None):
+        with pytest.raises(ConfigError, match=r"^postprocess.nested=.* must be true or false$"):
+            inference_settings({}, "auto", (64, 64, 64), model, None, nested=value)
 
 
 def test_inference_settings_read_a_cube_and_name_a_bad_key():
-    from rirn.evaluation.settings import inference_settings
-
     model = {"widths": [16, 32, 64, 128], "nonlocal_scale": 8}
     settings = inference_settings({"roi_size": 32}, "auto", (64, 64, 64), model, None)
     assert settings.roi_size == (32, 32, 32)  # one number is a cube, as MONAI reads it

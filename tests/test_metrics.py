@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from rirn.labels import REGIONS, SCHEMES, regions_to_labels
+from rirn.labels import REGIONS, SCHEMES, labels_to_regions, nest_regions, regions_to_labels
 from rirn.metrics import (
     ET_MIN_VOXELS,
     HD95_EMPTY,
@@ -235,6 +235,40 @@ def test_remove_small_et_is_mmformer_relabel_to_ncr():
     labels = regions_to_labels(regions, scheme)
     labels[labels == scheme.et] = scheme.ncr
     np.testing.assert_array_equal(regions_to_labels(remove_small_et(regions), scheme), labels)
+
+
+def random_regions(seed: int, shape=(7, 6, 5)) -> np.ndarray:
+    """Three independent random masks, so many voxels are not nested (TC outside WT, ...)."""
+    fractions = np.array([0.5, 0.35, 0.25]).reshape(3, *(1,) * len(shape))
+    return np.random.default_rng(seed).random((3, *shape)) < fractions
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+@pytest.mark.parametrize("seed", SEEDS)
+def test_nest_regions_is_the_label_map_round_trip(scheme, seed):
+    regions = random_regions(seed)
+    assert (regions[1] & ~regions[0]).any() and (regions[2] & ~regions[1]).any()  # un-nested
+    before = regions.copy()
+    nested = nest_regions(regions)
+    round_trip = labels_to_regions(regions_to_labels(regions, SCHEMES[scheme]), SCHEMES[scheme])
+    np.testing.assert_array_equal(nested, round_trip)
+    assert nested.dtype == np.bool_ and nested.shape == regions.shape
+    np.testing.assert_array_equal(regions, before)  # input untouched
+    # nested already: unchanged; and the label map it writes is the same as before nesting
+    np.testing.assert_array_equal(nest_regions(nested), nested)
+    labels = regions_to_labels(regions, SCHEMES[scheme])
+    np.testing.assert_array_equal(regions_to_labels(nested, SCHEMES[scheme]), labels)
+
+
+def test_nest_regions_by_hand():
+    # one voxel per combination of (WT, TC, ET): bit r of the voxel index is region r
+    regions = np.array([[(v >> r) & 1 for v in range(8)] for r in range(3)], dtype=np.uint8)
+    nested = nest_regions(regions)
+    assert nested[0].tolist() == [False] + [True] * 7  # any region at all
+    assert nested[1].tolist() == [False, False, True, True, True, True, True, True]  # TC or ET
+    assert nested[2].tolist() == [bool(v & 4) for v in range(8)]  # ET as it was
+    with pytest.raises(ValueError, match=r"\(3, \*S\)"):
+        nest_regions(np.zeros((2, 4), bool))
 
 
 @pytest.mark.parametrize(

@@ -289,6 +289,7 @@ def test_same_seed_same_first_losses(tmp_path, cache_root):
         ("data.phenotype_balance=-0.5", "data.phenotype_balance=-0.5 must be in [0, 1]"),
         ("data.fg_regions=[WT,NCR]", "data.fg_regions=['WT', 'NCR']"),
         ("postprocess.et_min_voxels=0", "postprocess.et_min_voxels=0 must be auto"),
+        ("postprocess.nested=maybe", "postprocess.nested='maybe' must be true or false"),
         ("optim.lr=-1", "optim.lr=-1 must be a number > 0"),
         ("optim.lr=abc", "optim.lr=abc must be a number > 0"),
         ("trainer.batch_size=0", "trainer.batch_size=0 must be a number >= 1"),

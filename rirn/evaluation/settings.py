@@ -1,10 +1,10 @@
 """The config keys of evaluate/predict/report -> the settings of :mod:`rirn.inference`.
 
 ``device=auto|cpu|cuda|cuda:N``, ``amp`` (bf16 autocast on CUDA), the ``inference`` group
-(``mode``, ``roi_size``, ``overlap``, ``tta``, ``threshold``, ``sw_batch_size``) and
-``postprocess.et_min_voxels`` are validated here with one-line :class:`~rirn.errors.ConfigError`
-messages that name the key; how the settings are then used to predict a case is
-:mod:`rirn.inference`.
+(``mode``, ``roi_size``, ``overlap``, ``tta``, ``threshold``, ``sw_batch_size``),
+``postprocess.et_min_voxels`` and ``postprocess.nested`` are validated here with one-line
+:class:`~rirn.errors.ConfigError` messages that name the key; how the settings are then used to
+predict a case is :mod:`rirn.inference`.
 """
 
 from __future__ import annotations
@@ -91,12 +91,26 @@ def et_threshold_setting(value) -> int | str | None:
     return count
 
 
+def nested_setting(value) -> bool:
+    """``postprocess.nested`` -> ``InferenceSettings.nested``: ``true`` (the default of train,
+    evaluate and predict: score the nested masks the written label map encodes) or ``false``
+    (each region's mask as thresholded).
+
+    Raises:
+        ConfigError: anything but a boolean; the message names the key.
+    """
+    if not isinstance(value, bool):
+        raise ConfigError(f"postprocess.nested={value!r} must be true or false")
+    return value
+
+
 def inference_settings(
     inference_cfg: Mapping,
     et_min_voxels,
     train_crop: Sequence[int],
     model_cfg: Mapping,
     dtype: torch.dtype | None,
+    nested=True,
 ) -> InferenceSettings:
     """Validate the ``inference`` config group and build :class:`InferenceSettings`.
 
@@ -107,6 +121,7 @@ def inference_settings(
         train_crop: the checkpoint's ``data.crop_size``.
         model_cfg: the checkpoint's ``model`` config (the window must fit its downsampling).
         dtype: autocast dtype (:func:`amp_dtype`).
+        nested: ``postprocess.nested`` (:func:`nested_setting`).
 
     Raises:
         ConfigError: a value out of range; the message names the key.
@@ -135,4 +150,5 @@ def inference_settings(
         sw_batch_size=batch,
         amp_dtype=dtype,
         et_min_voxels=et_min_voxels,
+        nested=nested_setting(nested),
     )

@@ -315,13 +315,13 @@ class CoTrainer:
     # ---------------------------------------------------------------- validation
     def val_settings(self):
         """How validation predicts a case: ``python -m rirn.evaluate``'s defaults (Gaussian
-        sliding window of the training crop over the brain box, overlap 0.5, threshold 0.5, ET
-        post-processing ``postprocess.et_min_voxels``),
+        sliding window of the training crop over the brain box, overlap 0.5, threshold 0.5,
+        ``postprocess.nested`` and ET post-processing ``postprocess.et_min_voxels``),
         so the Dice that picks ``best.pt`` is the Dice the evaluation then reports;
         ``trainer.val_inference=center_crop`` scores the paper's single centre window."""
         from omegaconf import OmegaConf
 
-        from rirn.evaluation.settings import et_threshold_setting
+        from rirn.evaluation.settings import et_threshold_setting, nested_setting
         from rirn.inference import InferenceSettings
 
         return InferenceSettings(
@@ -332,13 +332,13 @@ class CoTrainer:
             et_min_voxels=et_threshold_setting(
                 OmegaConf.select(self.cfg, "postprocess.et_min_voxels", default=None)
             ),
+            nested=nested_setting(OmegaConf.select(self.cfg, "postprocess.nested", default=True)),
         )
 
     def _val_scoring(self) -> str:
         settings = self.val_settings()
-        if settings.et_min_voxels is None:
-            return settings.describe()
-        return f"{settings.describe()}, {settings.describe_postprocess()}"
+        post = settings.describe_postprocess()
+        return settings.describe() if post == "none" else f"{settings.describe()}, {post}"
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

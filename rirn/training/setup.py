@@ -348,9 +348,10 @@ def check_config(cfg: DictConfig, run_dir: Path) -> RunSettings:
     if cfg.loss.adv:
         build_discriminator(cfg.model)
     # Checked here, not at the first validation epochs later.
-    from rirn.evaluation.settings import et_threshold_setting
+    from rirn.evaluation.settings import et_threshold_setting, nested_setting
 
     et_threshold_setting(OmegaConf.select(cfg, "postprocess.et_min_voxels", default=None))
+    nested_setting(OmegaConf.select(cfg, "postprocess.nested", default=True))
     if cfg.data.split_file and not Path(str(cfg.data.split_file)).expanduser().is_file():
         raise ConfigError(f"data.split_file={cfg.data.split_file} does not exist")
     if cfg.resume and not (run_dir / "checkpoints" / "last.pt").is_file():
