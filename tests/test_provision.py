@@ -4,6 +4,7 @@ benchmark's sweep (configs/experiment/distill_benchmark.yaml)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -161,7 +162,7 @@ def test_ensure_teacher_waits_for_a_live_lock(tmp_path, monkeypatch, caplog):
     assert calls == [] and time.time() - start >= 0.25  # it waited and did not train
     # the log names the owner and the lock to delete if that job died elsewhere
     assert f"({socket.gethostname()} {os.getpid()})" in caplog.text
-    assert f"delete {run_dir / LOCK}" in caplog.text
+    assert f"its lock {run_dir / LOCK} is taken over" in caplog.text
     assert teacher_ready(run_dir / "checkpoints" / "last.pt")
 
 
@@ -176,6 +177,88 @@ def test_ensure_teacher_takes_over_a_dead_jobs_lock(tmp_path, monkeypatch):
     (tmp_path / "t" / LOCK).write_text(f"{socket.gethostname()} {dead.pid}")
     ensure_teacher(_student_cfg(tmp_path), poll_s=0.05)
     assert calls == [tmp_path / "t"]
+
+
+def _lock_of(run_dir, owner: str, age_s: float = 0.0):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK
+    lock.write_text(owner)
+    if age_s:
+        then = time.time() - age_s
+        os.utime(lock, (then, then))
+    return lock
+
+
+def test_a_fresh_lock_of_another_host_is_waited_for(tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(provision, "_train", _fake_train(calls))
+    run_dir = tmp_path / "t"
+    lock = _lock_of(run_dir, "some-other-node 4242")
+    threading.Timer(0.3, lambda: (run_dir / DONE).write_text("done")).start()
+    ensure_teacher(_student_cfg(tmp_path), poll_s=0.05, stale_s=60)
+    assert calls == [] and lock.exists()  # it waited; the live lock was left alone
+
+
+def test_a_lock_not_refreshed_is_taken_over_on_any_host(tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(provision, "_train", _fake_train(calls))
+    run_dir = tmp_path / "t"
+    _lock_of(run_dir, "some-other-node 4242", age_s=120)  # killed by a time limit, say
+    # a safety net so that a regression fails instead of waiting forever
+    guard = threading.Timer(5.0, lambda: (run_dir / DONE).write_text("gave up"))
+    guard.start()
+    ensure_teacher(_student_cfg(tmp_path), poll_s=0.05, stale_s=60)
+    guard.cancel()
+    assert calls == [run_dir]
+    assert not (run_dir / LOCK).exists() and list(run_dir.glob(LOCK + "*")) == []
+
+
+def test_the_training_job_keeps_its_lock_fresh(tmp_path, monkeypatch):
+    ages: list = []
+
+    def train(cfg, run_dir):
+        lock = run_dir / LOCK
+        then = time.time() - 1000
+        os.utime(lock, (then, then))  # as if the job had been silent for 1000 s
+        time.sleep(0.3)
+        ages.append(time.time() - lock.stat().st_mtime)
+        (run_dir / DONE).write_text("done")
+
+    monkeypatch.setattr(provision, "_train", train)
+    ensure_teacher(_student_cfg(tmp_path), poll_s=0.05, stale_s=60, heartbeat_s=0.05)
+    assert ages and ages[0] < 1.0  # touched again by the heartbeat
+
+
+def test_only_one_waiter_breaks_a_stale_lock(tmp_path):
+    lock = _lock_of(tmp_path, "some-other-node 4242", age_s=120)
+    seen = provision._stale(lock, stale_s=60)
+    assert seen is not None
+    # a second waiter is half-way through breaking the same lock: its link is in place
+    tomb = lock.with_name(f"{lock.name}.dead-{seen.st_ino}-{seen.st_mtime_ns}")
+    os.link(lock, tomb)
+    provision._break(lock, seen)
+    assert lock.exists()  # left to the other waiter
+    tomb.unlink()
+    provision._break(lock, seen)
+    assert not lock.exists() and not tomb.exists()
+
+
+def test_a_late_waiter_does_not_break_the_new_lock(tmp_path):
+    lock = _lock_of(tmp_path, "some-other-node 4242", age_s=120)
+    seen = provision._stale(lock, stale_s=60)
+    lock.unlink()  # another waiter broke it and took over with a fresh lock
+    fresh = _lock_of(tmp_path, "this-node 1")
+    provision._break(lock, seen)  # judged on the old file: must not touch the new one
+    assert fresh.read_text() == "this-node 1"
+    assert provision._stale(fresh, stale_s=60) is None
+
+
+def test_a_job_whose_lock_was_taken_over_leaves_the_new_lock(tmp_path):
+    lock = _lock_of(tmp_path, "this-node 2")
+    provision._release(lock, "old-node 1")
+    assert lock.read_text() == "this-node 2"
+    provision._release(lock, "this-node 2")
+    assert not lock.exists()
 
 
 def test_ensure_teacher_refuses_under_torchrun(tmp_path, monkeypatch):
