@@ -23,7 +23,10 @@ with the same ET post-processing (``--et-min-voxels``, default ``auto`` as rirn.
 rirn.evaluate's ``postprocess.nested``).
 Writes ``OUT.json`` and ``OUT.md`` (``--out``, default ``RUN/monai_anchor``), with
 ``--save-predictions`` also ``OUT_predictions/<inputs>/<case>.npz`` (full-volume region bits);
-shows rirn's teacher and student rows from ``RUN/eval/per_case.csv`` when it exists.
+shows rirn's teacher and student rows from ``RUN/eval/per_case.csv`` when it exists, with a
+warning when its ``evaluation.json`` records another nesting or ET post-processing than the
+anchor's (every ``eval/`` written before session 30 is un-nested) and the command that
+re-scores it.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from rirn.data.split import read_split
 from rirn.data.transforms import centred_crop_start, crop_pad, random_flip_axes, uncrop_to_original
 from rirn.errors import RirnError
 from rirn.evaluation.data import run_data
+from rirn.evaluation.engine import rescore_hint
 from rirn.evaluation.runs import open_checkpoint, require_checkpoint
 from rirn.evaluation.settings import et_threshold_setting
 from rirn.evaluation.summary import read_per_case_csv
@@ -276,17 +280,30 @@ def main(argv: list[str] | None = None) -> int:
         help="score the nested masks of the label map (default, as rirn.evaluate)",
     )
     args = parser.parse_args(argv)
+    if args.crop < 8 or args.crop % 8:
+        raise SystemExit(f"error: --crop {args.crop} must be a positive multiple of 8 (SegResNet)")
+    crop, device = (args.crop,) * 3, torch.device(args.device)
     try:
         run = load_run(args.run_dir.expanduser())
         subsets = [parse_modalities(s) for s in args.inputs or ["all", run["modalities"]]]
+        et_min = et_threshold_setting(
+            None if args.et_min_voxels.lower() == "none" else args.et_min_voxels
+        )
     except RirnError as exc:
         raise SystemExit(f"error: {exc}") from None
-    if args.crop < 8 or args.crop % 8:
-        raise SystemExit(f"error: --crop {args.crop} must be a positive multiple of 8 (SegResNet)")
+    postprocess = InferenceSettings(
+        "sliding_window", crop, et_min_voxels=et_min, nested=args.nested
+    )
     run_dir = args.run_dir.expanduser()
+    mixed = None  # rirn's rows scored otherwise than the anchor's: say so, with the fix
+    if (run_dir / "eval" / "per_case.csv").is_file():
+        evaluate = f"python -m rirn.evaluate run_dir={run_dir}"
+        mixed = rescore_hint(run_dir / "eval", postprocess, evaluate)
+        mixed = mixed and f"warning: rirn's rows are not scored as the anchor's: {mixed}"
+    if mixed:
+        print(mixed, flush=True)  # before the training, which it does not change
     steps = args.steps or run_steps(run_dir, run["config"], len(run["train"]))
     seed = run["seed"] if args.seed is None else args.seed
-    crop, device = (args.crop,) * 3, torch.device(args.device)
     out = args.out or run_dir / "monai_anchor"
     labels = {("all" if s == MODALITIES else subset_name(s)): s for s in subsets}
     print(
@@ -301,12 +318,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         nets[label] = (net, channels)
     pred_dir = out.with_name(out.name + "_predictions") if args.save_predictions else None
-    et_min = et_threshold_setting(
-        None if args.et_min_voxels.lower() == "none" else args.et_min_voxels
-    )
-    postprocess = InferenceSettings(
-        "sliding_window", crop, et_min_voxels=et_min, nested=args.nested
-    )
     per_case = score(nets, run["source"], run["val"], crop, device, pred_dir, postprocess)
     rows = mean_rows(per_case, steps) + rirn_rows(run_dir, run["val"], steps)
     for row in rows[len(nets) :]:
@@ -314,12 +325,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {row['model']} was evaluated on {row['cases']} of the validation cases")
     summary = table(rows, ("model", "inputs", "steps"))
     print(summary)
+    if mixed:
+        print(mixed)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "run_dir": str(run_dir.resolve()),
         "cache_dir": str(run["source"].cache_dir),
         "recipe": RECIPE.format(c=args.crop),
         "postprocess": postprocess.describe_postprocess(),
+        "rirn_rows_warning": mixed,
         "steps": steps,
         "seed": seed,
         "crop": args.crop,
@@ -331,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     md = f"# MONAI anchor of {run_dir.name}\n\n{record['recipe']}; {steps} steps, seed {seed}.\n"
     md += f"Post-processing: {record['postprocess']}.\n"
+    md += f"\n**{mixed}**\n" if mixed else ""
     md += f"\n{summary}\n\n## Per case\n\n{table(per_case, ('inputs', 'case'))}\n"
     out.with_suffix(".md").write_text(md)
     print(f"written: {out.with_suffix('.json')} and {out.with_suffix('.md')}")

@@ -1,5 +1,6 @@
-"""scripts/monai_anchor.py: the balanced crop sampler, rirn's rows beside the anchor's, and a
-2-step anchor on the shared smoke run whose Dice is recomputed from its saved predictions."""
+"""scripts/monai_anchor.py: the balanced crop sampler, rirn's rows beside the anchor's (and the
+warning when they were scored otherwise, which needs no monai), and a 2-step anchor on the
+shared smoke run whose Dice is recomputed from its saved predictions."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 from rirn.data.cache import CacheSource
 from rirn.data.dataset import foreground_voxels
 from rirn.data.transforms import uncrop_to_original
+from rirn.evaluation.engine import RECORD, rescore_hint
 from rirn.evaluation.summary import case_rows, write_per_case_csv
+from rirn.inference import InferenceSettings
 from rirn.labels import REGIONS, bits_to_regions
 from rirn.metrics import dice
 
@@ -20,14 +23,46 @@ from .conftest import REPO
 from .step_fixtures import history
 from .test_evaluate import smoke_run_dir
 
-pytest.importorskip("monai")
 
-_spec = importlib.util.spec_from_file_location("monai_anchor", REPO / "scripts" / "monai_anchor.py")
-monai_anchor = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(monai_anchor)
+@pytest.fixture(scope="module")
+def monai_anchor():
+    """The script as a module (it needs monai; the scoring check below does not)."""
+    pytest.importorskip("monai")
+    spec = importlib.util.spec_from_file_location(
+        "monai_anchor", REPO / "scripts" / "monai_anchor.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_sampler_centres_are_half_tumour():
+def test_rirn_rows_scored_otherwise_name_the_command_that_rescores(tmp_path):
+    """An eval/ from before session 30 records no ``nested``: it scored un-nested masks, and
+    its rows beside a nested anchor would compare two scorings."""
+    eval_dir, command = tmp_path / "eval", "python -m rirn.evaluate run_dir=RUN"
+    eval_dir.mkdir()
+    anchor = InferenceSettings("sliding_window", (48,) * 3, et_min_voxels="auto")  # nested
+    rirn = anchor.as_dict()
+
+    def hint(inference, settings=anchor):
+        (eval_dir / RECORD).write_text(json.dumps({"version": 1, "inference": inference}))
+        return rescore_hint(eval_dir, settings, command)
+
+    assert hint(rirn) is None  # scored as the anchor
+    del rirn["nested"]
+    message = hint(rirn)
+    assert "\n" not in message and "nested=false (here true)" in message
+    assert message.endswith(f"{command} postprocess.nested=true postprocess.et_min_voxels=auto")
+    old = InferenceSettings("sliding_window", (48,) * 3, et_min_voxels="auto", nested=False)
+    assert hint(rirn, old) is None  # the anchor's --no-nested: the same scoring
+    del rirn["et_min_voxels"]  # before ET post-processing: none
+    assert "et_min_voxels=null (here auto)" in hint(rirn, old)
+    assert hint(rirn | {"et_min_voxels": 500}, old).endswith("postprocess.et_min_voxels=auto")
+    (eval_dir / RECORD).unlink()  # an evaluation that never finished, or one before the record
+    assert "no readable evaluation.json" in rescore_hint(eval_dir, anchor, command)
+
+
+def test_sampler_centres_are_half_tumour(monai_anchor):
     bits = np.zeros((40, 40, 40), np.uint8)
     bits[10:16, 20:26, 5:11] = 0b111  # 216 of 64,000 voxels
     tumour = foreground_voxels(bits)[0]
@@ -45,7 +80,7 @@ def test_sampler_centres_are_half_tumour():
     assert not any(monai_anchor.draw_window(bits * 0, (16,) * 3, rng, empty)[2] for _ in range(50))
 
 
-def test_rirn_rows_are_means_over_the_validation_cases(tmp_path):
+def test_rirn_rows_are_means_over_the_validation_cases(monai_anchor, tmp_path):
     def metrics(d):
         flags = {"gt_empty": False, "pred_empty": False}
         return {
@@ -68,7 +103,7 @@ def test_rirn_rows_are_means_over_the_validation_cases(tmp_path):
 
 
 @pytest.mark.slow  # trains the shared smoke run (once per session) and two 2-step SegResNets
-def test_anchor_on_the_smoke_run(cache_root, tmp_path, capsys):
+def test_anchor_on_the_smoke_run(monai_anchor, cache_root, tmp_path, capsys):
     run_dir = smoke_run_dir(cache_root)
     out = tmp_path / "anchor"
     args = ["--run-dir", str(run_dir), "--crop", "16", "--out", str(out), "--save-predictions"]

@@ -1,5 +1,6 @@
 """``resume=true`` continues the run that trained, or refuses with one line: the student's
-subset, the networks, the teacher set-up and the optimiser settings that the stored state fixes."""
+subset, the networks, the teacher set-up and the optimiser settings that the stored state fixes,
+and the validation scoring that its stored best Dice came from."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rirn.errors import ConfigError
-from rirn.training.resume import check_resume_networks, check_resume_optim
+from rirn.training.resume import check_resume, check_resume_networks, check_resume_optim
 
 from .conftest import compose_config
 
@@ -62,6 +63,41 @@ def test_resume_refuses_an_optimiser_setting_the_stored_state_would_override():
         check_resume_optim(stored, compose_config("train", ["optim.lr=0.5"]).optim)
     with pytest.raises(ConfigError, match=r"\(betas\)"):
         check_resume_optim(stored, compose_config("train", ["optim.betas=[0.5,0.9]"]).optim)
+
+
+def test_resume_of_a_run_before_nested_scoring_keeps_its_scoring():
+    """A checkpoint from before session 30 has no ``postprocess.nested``: its best Dice scored
+    un-nested masks, so today's default (nested) would compare epochs on two scorings."""
+    state = _state()
+    check_resume(state, compose_config("train", []), ("t1ce",))  # as trained: resumes
+    del state["config"]["postprocess"]["nested"]
+    with pytest.raises(ConfigError, match=r"\(nested\); add postprocess.nested=false to resume"):
+        check_resume(state, compose_config("train", []), ("t1ce",))
+    check_resume(state, compose_config("train", ["postprocess.nested=false"]), ("t1ce",))
+    del state["config"]["postprocess"]  # before postprocess.et_min_voxels too: no ET clean-up
+    with pytest.raises(
+        ConfigError, match="add postprocess.et_min_voxels=null postprocess.nested=false to"
+    ):
+        check_resume(state, compose_config("train", ["trainer.max_epochs=900"]), ("t1ce",))
+    old = ["postprocess.et_min_voxels=null", "postprocess.nested=false"]
+    check_resume(state, compose_config("train", old), ("t1ce",))
+
+
+@pytest.mark.parametrize(
+    "stored,current,message",
+    [
+        (["postprocess.nested=false"], [], "add postprocess.nested=false"),
+        ([], ["postprocess.nested=false"], "add postprocess.nested=true"),
+        ([], ["postprocess.et_min_voxels=500"], "add postprocess.et_min_voxels=auto"),
+        (["postprocess.et_min_voxels=11"], [], "add postprocess.et_min_voxels=11"),
+        (["postprocess.et_min_voxels=null"], [], "add postprocess.et_min_voxels=null"),
+    ],
+)
+def test_resume_refuses_another_validation_scoring(stored, current, message):
+    state = _state(stored)
+    with pytest.raises(ConfigError, match=rf"validation scoring .*{message} to resume it"):
+        check_resume(state, compose_config("train", current), ("t1ce",))
+    check_resume(state, compose_config("train", stored), ("t1ce",))
 
 
 def test_resume_trains_on_the_split_its_checkpoint_recorded(tmp_path, cache_root):

@@ -91,6 +91,21 @@ def test_resume_continues_epoch_count(smoke_run, tmp_path, cache_root):
     assert before["history"] == after["history"][:2]
 
 
+def test_resume_of_a_run_before_nested_scoring_refuses_to_mix_scorings(
+    smoke_run, tmp_path, cache_root
+):
+    # Its best_metric (which picks best.pt) scored un-nested masks; today's default is nested.
+    run_dir, _ = smoke_run
+    shutil.copytree(run_dir, tmp_path / "old")
+    ckpt = load_checkpoint(tmp_path / "old" / "checkpoints" / "last.pt")
+    del ckpt["config"]["postprocess"]["nested"]
+    torch.save(ckpt, tmp_path / "old" / "checkpoints" / "last.pt")
+    resume = ["debug=smoke", f"data.cache_root={cache_root}", "trainer.progress=false"]
+    resume += ["resume=true", "trainer.max_epochs=3"]
+    with pytest.raises(ConfigError, match="add postprocess.nested=false to resume it as trained"):
+        train_run(tmp_path, resume, name="old")
+
+
 def test_fresh_run_over_an_earlier_one_starts_its_own_history(
     smoke_run, tmp_path, cache_root, caplog
 ):

@@ -22,7 +22,7 @@ from rirn.training.data import DataBundle
 from rirn.training.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from rirn.training.logs import RunLogger, summary_line, validation_picture
 from rirn.training.nets import build_step_nets
-from rirn.training.resume import check_resume_loss, check_resume_networks, check_resume_optim
+from rirn.training.resume import check_resume
 from rirn.training.setup import RunSettings, load_teacher_weights
 from rirn.training.steps import TERMS, StepNets, distill_scale, train_step
 
@@ -180,9 +180,7 @@ class CoTrainer:
             # On the CPU: the RNG states must be CPU tensors; the weights and the optimiser
             # state are copied to the networks' device as they are loaded.
             state = load_checkpoint(self.ckpt_dir / "last.pt", map_location="cpu")
-            check_resume_networks(state, self.cfg, self.settings.modalities)
-            check_resume_loss(state["config"]["loss"], self.cfg.loss)
-            check_resume_optim(state["config"].get("optim", {}), self.cfg.optim)
+            check_resume(state, self.cfg, self.settings.modalities)
             self.load_state_dict(state)
             log.info(f"resumed from {self.ckpt_dir / 'last.pt'} after epoch {self.epoch}")
             if self.dist.is_main:  # the other ranks write no history: they must not delete it

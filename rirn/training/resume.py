@@ -33,13 +33,21 @@ def flatten_config(tree, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def _override(value) -> str:
+    """``value`` as a Hydra override writes it: ``false``, ``null``, ``[0.9,0.999]``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, tuple | list):
+        return f"[{','.join(_override(v) for v in value)}]"
+    return str(value)
+
+
 def _refuse_changes(group: str, what: str, old: dict, new: dict) -> None:
     changed = sorted(k for k in new if k in old and old[k] != new[k])
     if changed:
-        keep = " ".join(
-            f"{group}.{k}={str(old[k]).lower() if isinstance(old[k], bool) else old[k]}"
-            for k in changed
-        )
+        keep = " ".join(f"{group}.{k}={_override(old[k])}" for k in changed)
         raise ConfigError(
             f"resume=true would change the {what} the run trained with ({', '.join(changed)}); "
             f"add {keep} to resume it as trained, or start a new run"
@@ -109,3 +117,46 @@ def check_resume_networks(state: dict, cfg: DictConfig, modalities: tuple[str, .
     teacher = {k: old.get("teacher", {}).get(k) for k in ("freeze", "only")}
     teacher = {k: v for k, v in teacher.items() if v is not None}
     _refuse_changes("teacher", "teacher set-up", teacher, flatten_config(current["teacher"]))
+
+
+#: What a ``postprocess`` key that a checkpoint's config lacks meant when that run validated:
+#: no ET post-processing before ``et_min_voxels`` existed, un-nested masks before ``nested``.
+LEGACY_POSTPROCESS: dict[str, object] = {"et_min_voxels": None, "nested": False}
+
+
+def check_resume_scoring(stored: dict, current) -> None:
+    """Refuse to resume a run whose validation would score otherwise than it did: the stored
+    ``best_metric``, which picks ``best.pt``, came from that scoring, and a resumed run
+    compares each new epoch with it (a run from before ``postprocess.nested`` scored un-nested
+    masks; the default is now nested).
+
+    Args:
+        stored: the checkpoint's ``config["postprocess"]`` (a plain dict; ``{}`` if absent).
+        current: this run's ``cfg.postprocess`` (a missing key reads as the trainer's: no
+            post-processing, nested).
+
+    Raises:
+        ConfigError: one line with the differing keys and the overrides that resume as trained.
+    """
+    from rirn.evaluation.settings import et_threshold_setting, nested_setting
+
+    def values(tree) -> dict:
+        tree = {} if tree is None else tree
+        tree = tree if isinstance(tree, dict) else OmegaConf.to_container(tree, resolve=True)
+        return {
+            "et_min_voxels": et_threshold_setting(tree.get("et_min_voxels")),
+            "nested": nested_setting(tree.get("nested", True)),
+        }
+
+    old = LEGACY_POSTPROCESS | {k: v for k, v in (stored or {}).items() if k in LEGACY_POSTPROCESS}
+    _refuse_changes(
+        "postprocess", "validation scoring (it picks best.pt)", values(old), values(current)
+    )
+
+
+def check_resume(state: dict, cfg: DictConfig, modalities: tuple[str, ...]) -> None:
+    """All of the checks above, for ``resume=true`` from the checkpoint ``state``."""
+    check_resume_networks(state, cfg, modalities)
+    check_resume_loss(state["config"]["loss"], cfg.loss)
+    check_resume_optim(state["config"].get("optim", {}), cfg.optim)
+    check_resume_scoring(state["config"].get("postprocess") or {}, cfg.get("postprocess"))
