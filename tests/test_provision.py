@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from rirn.config import CONFIG_DIR
 from rirn.errors import ConfigError
-from rirn.training import provision
+from rirn.training import provision, run_lock
 from rirn.training.checkpoint import load_checkpoint
 from rirn.training.provision import (
     DONE,
@@ -155,10 +155,11 @@ def test_ensure_teacher_waits_for_a_live_lock(tmp_path, monkeypatch, caplog):
         time.sleep(0.3)
         (run_dir / DONE).write_text("done")
 
+    cfg = _student_cfg(tmp_path)  # before caplog: a first Hydra compose resets logging
     threading.Thread(target=finish).start()
     start = time.time()
     with caplog.at_level("INFO", logger="rirn.train"):
-        ensure_teacher(_student_cfg(tmp_path), poll_s=0.05)
+        ensure_teacher(cfg, poll_s=0.05)
     assert calls == [] and time.time() - start >= 0.25  # it waited and did not train
     # the log names the owner and the lock to delete if that job died elsewhere
     assert f"({socket.gethostname()} {os.getpid()})" in caplog.text
@@ -179,13 +180,10 @@ def test_ensure_teacher_takes_over_a_dead_jobs_lock(tmp_path, monkeypatch):
     assert calls == [tmp_path / "t"]
 
 
-def _lock_of(run_dir, owner: str, age_s: float = 0.0):
+def _lock_of(run_dir, owner: str):
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK
     lock.write_text(owner)
-    if age_s:
-        then = time.time() - age_s
-        os.utime(lock, (then, then))
     return lock
 
 
@@ -203,61 +201,127 @@ def test_a_lock_not_refreshed_is_taken_over_on_any_host(tmp_path, monkeypatch):
     calls: list = []
     monkeypatch.setattr(provision, "_train", _fake_train(calls))
     run_dir = tmp_path / "t"
-    _lock_of(run_dir, "some-other-node 4242", age_s=120)  # killed by a time limit, say
+    _lock_of(run_dir, "some-other-node 4242")  # its job was killed by a time limit, say
     # a safety net so that a regression fails instead of waiting forever
     guard = threading.Timer(5.0, lambda: (run_dir / DONE).write_text("gave up"))
     guard.start()
-    ensure_teacher(_student_cfg(tmp_path), poll_s=0.05, stale_s=60)
+    start = time.monotonic()
+    ensure_teacher(_student_cfg(tmp_path), poll_s=0.05, stale_s=0.3)
     guard.cancel()
-    assert calls == [run_dir]
+    assert calls == [run_dir] and time.monotonic() - start >= 0.3  # seen unchanged first
     assert not (run_dir / LOCK).exists() and list(run_dir.glob(LOCK + "*")) == []
 
 
+def test_staleness_is_measured_on_the_waiters_clock_not_the_files_mtime(tmp_path):
+    lock = _lock_of(tmp_path, "some-other-node 4242")
+    then = time.time() - 10_000  # a node whose clock runs far behind, or an old file
+    os.utime(lock, (then, then))
+    watch = run_lock.LockWatch()
+    assert run_lock.stale(lock, watch, stale_s=0.2) is None  # first seen now
+    time.sleep(0.25)
+    assert run_lock.stale(lock, watch, stale_s=0.2) is not None
+    os.utime(lock)  # a heartbeat: seen as a change, the clock starts again
+    assert run_lock.stale(lock, watch, stale_s=0.2) is None
+
+
 def test_the_training_job_keeps_its_lock_fresh(tmp_path, monkeypatch):
-    ages: list = []
+    seen: list = []
 
     def train(cfg, run_dir):
         lock = run_dir / LOCK
-        then = time.time() - 1000
-        os.utime(lock, (then, then))  # as if the job had been silent for 1000 s
+        before = run_lock._identity(lock)
         time.sleep(0.3)
-        ages.append(time.time() - lock.stat().st_mtime)
-        (run_dir / DONE).write_text("done")
+        seen.append((before, run_lock._identity(lock)))
 
     monkeypatch.setattr(provision, "_train", train)
     ensure_teacher(_student_cfg(tmp_path), poll_s=0.05, stale_s=60, heartbeat_s=0.05)
-    assert ages and ages[0] < 1.0  # touched again by the heartbeat
+    ((before, after),) = seen
+    assert after[0] == before[0] and after[1] > before[1]  # same file, touched since
+    assert (tmp_path / "t" / DONE).is_file() and not (tmp_path / "t" / LOCK).exists()
+
+
+def test_a_failed_touch_is_retried(tmp_path, monkeypatch):
+    lock = _lock_of(tmp_path, "this-node 1")
+    fails = iter([OSError("ESTALE")])
+    real = os.utime
+    touched: list = []
+
+    def utime(path, *args):
+        err = next(fails, None)
+        if err:
+            raise err
+        touched.append(path)
+        return real(path, *args)
+
+    monkeypatch.setattr(run_lock.os, "utime", utime)
+    with run_lock.Heartbeat(lock, "this-node 1", every_s=0.02) as beat:
+        time.sleep(0.2)
+    assert touched and not beat.lost.is_set()
+
+
+def test_a_job_that_lost_its_lock_stops_and_waits(tmp_path, monkeypatch):
+    run_dir = tmp_path / "t"
+
+    def train(cfg, run_dir):
+        # suspended past STALE_S: a waiter broke the lock and took it over
+        (run_dir / LOCK).write_text("other-node 7")
+        threading.Timer(0.5, lambda: (run_dir / DONE).write_text("by other-node 7")).start()
+        for _ in range(100):  # training steps: the heartbeat's interrupt lands between two
+            time.sleep(0.05)
+        raise AssertionError("not interrupted")
+
+    monkeypatch.setattr(provision, "_train", train)
+    start = time.monotonic()
+    ensure_teacher(_student_cfg(tmp_path), poll_s=0.05, stale_s=60, heartbeat_s=0.05)
+    assert time.monotonic() - start < 4
+    assert (run_dir / DONE).read_text() == "by other-node 7"  # this job did not mark it done
+    assert (run_dir / LOCK).read_text() == "other-node 7"  # nor removed the new owner's lock
 
 
 def test_only_one_waiter_breaks_a_stale_lock(tmp_path):
-    lock = _lock_of(tmp_path, "some-other-node 4242", age_s=120)
-    seen = provision._stale(lock, stale_s=60)
-    assert seen is not None
+    lock = _lock_of(tmp_path, "some-other-node 4242")
+    watch = run_lock.LockWatch()
+    identity = run_lock.stale(lock, watch, stale_s=0)
+    assert identity is not None
     # a second waiter is half-way through breaking the same lock: its link is in place
-    tomb = lock.with_name(f"{lock.name}.dead-{seen.st_ino}-{seen.st_mtime_ns}")
+    tomb = lock.with_name(f"{lock.name}.dead-{identity[0]}-{identity[1]}")
     os.link(lock, tomb)
-    provision._break(lock, seen)
+    run_lock.break_lock(lock, identity, run_lock.LockWatch(), stale_s=60)
     assert lock.exists()  # left to the other waiter
     tomb.unlink()
-    provision._break(lock, seen)
+    run_lock.break_lock(lock, identity, watch, stale_s=60)
     assert not lock.exists() and not tomb.exists()
 
 
+def test_a_link_left_by_a_dead_breaker_is_cleared(tmp_path):
+    lock = _lock_of(tmp_path, "some-other-node 4242")
+    watch = run_lock.LockWatch()
+    identity = run_lock.stale(lock, watch, stale_s=0)
+    tomb = lock.with_name(f"{lock.name}.dead-{identity[0]}-{identity[1]}")
+    os.link(lock, tomb)  # its breaker was killed between the link and the unlink
+    run_lock.break_lock(lock, identity, watch, stale_s=0.1)
+    assert lock.exists() and tomb.exists()  # not yet: the breaker may be alive
+    time.sleep(0.25)
+    run_lock.break_lock(lock, identity, watch, stale_s=0.1)
+    assert not tomb.exists()
+    run_lock.break_lock(lock, identity, watch, stale_s=0.1)
+    assert not lock.exists()
+
+
 def test_a_late_waiter_does_not_break_the_new_lock(tmp_path):
-    lock = _lock_of(tmp_path, "some-other-node 4242", age_s=120)
-    seen = provision._stale(lock, stale_s=60)
+    lock = _lock_of(tmp_path, "some-other-node 4242")
+    identity = run_lock.stale(lock, run_lock.LockWatch(), stale_s=0)
     lock.unlink()  # another waiter broke it and took over with a fresh lock
     fresh = _lock_of(tmp_path, "this-node 1")
-    provision._break(lock, seen)  # judged on the old file: must not touch the new one
-    assert fresh.read_text() == "this-node 1"
-    assert provision._stale(fresh, stale_s=60) is None
+    run_lock.break_lock(lock, identity, run_lock.LockWatch(), stale_s=60)
+    assert fresh.read_text() == "this-node 1"  # judged on the old file: the new one stays
 
 
 def test_a_job_whose_lock_was_taken_over_leaves_the_new_lock(tmp_path):
     lock = _lock_of(tmp_path, "this-node 2")
-    provision._release(lock, "old-node 1")
+    run_lock.release(lock, "old-node 1")
     assert lock.read_text() == "this-node 2"
-    provision._release(lock, "this-node 2")
+    run_lock.release(lock, "this-node 2")
     assert not lock.exists()
 
 

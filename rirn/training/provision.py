@@ -8,9 +8,9 @@ it missing trains it, in-process, into ``<dir>``, and the others wait. That work
 Hydra's sequential launcher and under a Slurm launcher where the jobs of one seed start together:
 a lock file in ``<dir>`` says who trains, a ``.done`` marker says the teacher is finished (a
 ``last.pt`` alone may be a half-trained teacher of a job that crashed; the next job resumes it).
-The training job touches its lock every :data:`HEARTBEAT_S` seconds; a lock left untouched for
-:data:`STALE_S` (its job was killed, on whatever host) or held by a dead process of this host is
-taken over by one of the waiting jobs, which resumes the teacher.
+The training job touches its lock every 30 s; a lock that a waiting job has seen untouched for
+10 min (its job was killed, on whatever host) or that a dead process of this host holds is
+taken over by one of the waiting jobs, which resumes the teacher (:mod:`rirn.training.run_lock`).
 
 The teacher run is an ordinary ``python -m rirn.train`` run of the same config with
 ``teacher.only=true`` (the teacher trains alone, exactly as in co-training: its gradient never
@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import threading
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from rirn.errors import ConfigError
+from rirn.training import run_lock
 from rirn.training.checkpoint import peek_checkpoint
 from rirn.training.steps import DISTILLATION_SWITCHES
 
@@ -41,12 +40,6 @@ log = logging.getLogger("rirn.train")
 DONE = ".done"
 #: File in the teacher's run directory held by the job that trains it.
 LOCK = ".train.lock"
-#: The job training a teacher touches its lock this often (seconds).
-HEARTBEAT_S = 30.0
-#: A lock untouched this long (seconds) is a dead job's and is taken over: a job killed by a
-#: Slurm time limit or SIGKILL never reaches the code that removes its lock. Twenty heartbeats,
-#: so that a busy host or clocks a little apart on a shared file system do not break a live lock.
-STALE_S = 600.0
 
 
 def teacher_run_dir(checkpoint: str | Path) -> Path:
@@ -127,111 +120,6 @@ def _leaves(tree: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _acquire(lock: Path, stale_s: float) -> str | None:
-    """Create ``lock`` exclusively and return the owner string written into it, or ``None``
-    when a live job holds it. A stale lock (:func:`_stale`) is broken (:func:`_break`) and
-    taken over."""
-    owner = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            seen = _stale(lock, stale_s)
-            if seen is None:
-                return None
-            _break(lock, seen)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(owner)
-        return owner
-    return None
-
-
-def _owner(lock: Path) -> str:
-    """``"host pid"`` of the job holding ``lock``, as far as it can be read."""
-    try:
-        return lock.read_text().strip() or "owner not written yet"
-    except OSError:
-        return "owner unknown"
-
-
-def _stale(lock: Path, stale_s: float) -> os.stat_result | None:
-    """The ``stat`` of ``lock`` if its job is dead, else ``None``. Dead means: not touched for
-    ``stale_s`` seconds (the owner's heartbeat touches it every :data:`HEARTBEAT_S`; a job
-    killed by a time limit or SIGKILL on any host stops doing so), or owned by a process of
-    this host that no longer runs."""
-    try:
-        st = lock.stat()
-    except OSError:
-        return None  # gone: the next attempt creates it
-    if time.time() - st.st_mtime > stale_s:
-        return st
-    try:
-        host, pid = lock.read_text().split()
-    except (OSError, ValueError):
-        return None  # being written right now, or unreadable: wait
-    if host != socket.gethostname():
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return st
-    except (PermissionError, ValueError):
-        return None
-    return None
-
-
-def _break(lock: Path, seen: os.stat_result) -> None:
-    """Remove the stale lock file ``seen`` so that exactly one of the waiters that found it
-    stale removes it. Each links it to a name made of its inode and mtime first: ``os.link``
-    fails for all but one (atomic on NFS too, the classic NFS lock), and that one removes the
-    lock only if the path still is the file it judged, not a fresh lock another job has made
-    since."""
-    tomb = lock.with_name(f"{lock.name}.dead-{seen.st_ino}-{seen.st_mtime_ns}")
-    same = (seen.st_ino, seen.st_mtime_ns)
-    try:
-        os.link(lock, tomb)
-    except (FileExistsError, FileNotFoundError):
-        return  # another waiter is breaking it, or it is gone
-    except OSError:  # a file system without hard links: best effort
-        if _identity(lock) == same:
-            lock.unlink(missing_ok=True)
-        return
-    try:
-        if _identity(tomb) == same == _identity(lock):
-            lock.unlink()
-    except OSError:
-        pass
-    finally:
-        tomb.unlink(missing_ok=True)
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns
-
-
-def _heartbeat(lock: Path, owner: str, every_s: float, stop: threading.Event) -> None:
-    """Touch ``lock`` every ``every_s`` seconds until ``stop``, while it is still ours."""
-    while not stop.wait(every_s):
-        if _owner(lock) != owner:
-            log.warning(f"the teacher lock {lock} is no longer this job's: another job took it")
-            return
-        try:
-            os.utime(lock)
-        except OSError:
-            return
-
-
-def _release(lock: Path, owner: str) -> None:
-    """Remove ``lock`` if it is still ``owner``'s (not a lock another job took over)."""
-    if _owner(lock) == owner:
-        lock.unlink(missing_ok=True)
-
-
 def ensure_teacher(
     cfg: DictConfig,
     poll_s: float = 10.0,
@@ -244,8 +132,10 @@ def ensure_teacher(
     Args:
         cfg: the student's training config.
         poll_s: how often a waiting job looks again.
-        stale_s: a lock untouched this long is a dead job's (:data:`STALE_S`).
-        heartbeat_s: how often the training job touches its lock (:data:`HEARTBEAT_S`).
+        stale_s: a lock seen unchanged this long is a dead job's
+            (:data:`rirn.training.run_lock.STALE_S`).
+        heartbeat_s: how often the training job touches its lock
+            (:data:`rirn.training.run_lock.HEARTBEAT_S`).
 
     Raises:
         ConfigError: the checkpoint path is not ``<dir>/checkpoints/last.pt``, or this is a
@@ -265,33 +155,36 @@ def ensure_teacher(
             "or start this job without torchrun"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    stale_s = STALE_S if stale_s is None else stale_s
-    heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
-    lock, waited = run_dir / LOCK, False
+    stale_s = run_lock.STALE_S if stale_s is None else stale_s
+    heartbeat_s = run_lock.HEARTBEAT_S if heartbeat_s is None else heartbeat_s
+    lock, watch, waited = run_dir / LOCK, run_lock.LockWatch(), False
     while not (run_dir / DONE).is_file():
-        owner = _acquire(lock, stale_s)
-        if owner is not None:
-            stop = threading.Event()
-            beat = threading.Thread(
-                target=_heartbeat, args=(lock, owner, heartbeat_s, stop), daemon=True
-            )
-            beat.start()
-            try:
-                if not (run_dir / DONE).is_file():
-                    _train(cfg, run_dir)
-            finally:
-                stop.set()
-                beat.join()
-                _release(lock, owner)
-        else:
+        owner = run_lock.acquire(lock, watch, stale_s)
+        if owner is None:
             if not waited:
                 log.info(
-                    f"waiting for the teacher another job ({_owner(lock)}) trains in {run_dir}; "
-                    f"if that job dies, its lock {lock} is taken over once it has not been "
-                    f"refreshed for {stale_s:g} s"
+                    f"waiting for the teacher another job ({run_lock.owner_of(lock)}) trains in "
+                    f"{run_dir}; if that job dies, its lock {lock} is taken over once it has "
+                    f"not been refreshed for {stale_s:g} s"
                 )
                 waited = True
             time.sleep(poll_s)
+            continue
+        beat = run_lock.Heartbeat(lock, owner, heartbeat_s)
+        try:
+            with beat:
+                if not (run_dir / DONE).is_file():
+                    _train(cfg, run_dir)
+                    if run_lock.owner_of(lock) == owner:
+                        (run_dir / DONE).write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                        log.info(f"teacher ready: {run_dir / 'checkpoints' / 'last.pt'}")
+        except KeyboardInterrupt:
+            if not beat.lost.is_set():
+                raise
+            log.warning(f"waiting for the job that took over the teacher in {run_dir}")
+            waited = True
+        finally:
+            run_lock.release(lock, owner)
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> None:
@@ -302,5 +195,3 @@ def _train(cfg: DictConfig, run_dir: Path) -> None:
     how = "resuming" if tcfg.resume else "training"
     log.info(f"{how} the shared teacher (seed {tcfg.seed}) in {run_dir}")
     run(tcfg, run_dir)
-    (run_dir / DONE).write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    log.info(f"teacher ready: {run_dir / 'checkpoints' / 'last.pt'}")
