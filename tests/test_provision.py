@@ -29,6 +29,7 @@ from rirn.training.provision import (
     teacher_ready,
     teacher_run_dir,
 )
+from rirn.training.resume import check_resume_scoring
 from rirn.training.setup import check_config, recorded_split
 
 from .conftest import compose_config
@@ -99,6 +100,25 @@ def test_teacher_config_turns_distillation_off_and_merges_train_config(tmp_path)
     bad = _student_cfg(tmp_path, "+teacher.train_config.trainer.max_epoch=7")
     with pytest.raises(ConfigError, match="train_config.trainer.max_epoch is not"):
         teacher_config(bad, run_dir)
+
+
+def test_an_unfinished_teacher_resumes_with_the_scoring_it_validated_with(tmp_path):
+    cfg = _student_cfg(tmp_path)
+    assert cfg.postprocess.nested and cfg.postprocess.et_min_voxels == "auto"
+    run_dir = tmp_path / "t"
+    last = run_dir / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    # a teacher run from before postprocess.nested (session 30): it scored un-nested masks
+    torch.save(
+        {"student": None, "teacher": {}, "config": {"postprocess": {"et_min_voxels": 7}}}, last
+    )
+    t = teacher_config(cfg, run_dir)
+    assert t.resume and t.postprocess.nested is False and t.postprocess.et_min_voxels == 7
+    # and one from before ET post-processing too
+    torch.save({"student": None, "teacher": {}, "config": {}}, last)
+    t = teacher_config(cfg, run_dir)
+    assert t.postprocess.nested is False and t.postprocess.et_min_voxels is None
+    check_resume_scoring({}, t.postprocess)  # what the resume compares: no refusal
 
 
 def test_teacher_path_must_be_a_last_checkpoint(tmp_path):

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from rirn.errors import ConfigError
 from rirn.training import run_lock
 from rirn.training.checkpoint import peek_checkpoint
+from rirn.training.resume import LEGACY_POSTPROCESS
 from rirn.training.steps import DISTILLATION_SWITCHES
 
 log = logging.getLogger("rirn.train")
@@ -72,7 +73,8 @@ def teacher_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     """The training config of the teacher of ``cfg``: the same config with the teacher
     trained alone (``teacher.only``) and the distillation terms off, no loaded teacher, resuming
     when ``run_dir`` holds an unfinished run (with its throwaway student if it has one: a run of
-    rirn before ``teacher.only``), and ``teacher.train_config`` merged.
+    rirn before ``teacher.only``; with the validation scoring it was trained with), and
+    ``teacher.train_config`` merged.
 
     Raises:
         ConfigError: a ``teacher.train_config`` key that the training config does not have.
@@ -88,7 +90,13 @@ def teacher_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     t.teacher.train_config = {}
     last = run_dir / "checkpoints" / "last.pt"
     t.resume = last.is_file()
-    t.teacher.only = not (t.resume and _has_student(last))
+    state = _peek(last) if t.resume else {}
+    t.teacher.only = state.get("student") is None
+    if t.resume:
+        # resume as it validated: a teacher run from before postprocess.nested scored un-nested
+        stored = (state.get("config") or {}).get("postprocess") or {}
+        for key, legacy in LEGACY_POSTPROCESS.items():
+            t.postprocess[key] = stored.get(key, legacy)
     extra = cfg.teacher.get("train_config")
     extra = OmegaConf.to_container(extra, resolve=True) if extra is not None else {}
     unknown = [k for k in _leaves(extra) if OmegaConf.select(t, k, default=_MISSING) is _MISSING]
@@ -102,13 +110,14 @@ def teacher_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
 _MISSING = object()
 
 
-def _has_student(checkpoint: Path) -> bool:
-    """Whether a run's ``last.pt`` holds student weights."""
+def _peek(checkpoint: Path) -> dict:
+    """A run's ``last.pt`` as a dict (memory-mapped), ``{}`` if it cannot be read (the resume
+    itself then reports why)."""
     try:
         state = peek_checkpoint(checkpoint)
     except Exception:  # noqa: BLE001 - unreadable: the resume itself reports it
-        return False
-    return isinstance(state, dict) and state.get("student") is not None
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def _leaves(tree: dict, prefix: str = "") -> list[str]:
