@@ -37,3 +37,14 @@ def _device_default(cuda_value, cpu_value):
 
 if not OmegaConf.has_resolver("device_default"):
     OmegaConf.register_new_resolver("device_default", _device_default)
+
+
+def override_value(value) -> str:
+    """``value`` as a Hydra override writes it: ``false``, ``null``, ``[0.9,0.999]``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, tuple | list):
+        return f"[{','.join(override_value(v) for v in value)}]"
+    return str(value)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rirn.config import override_value
 from rirn.data.dataset import EvalDataset
 from rirn.data.modalities import MODALITIES, channel_indices
 from rirn.data.transforms import uncrop_to_original
@@ -36,6 +37,7 @@ from rirn.evaluation.data import EvalData
 from rirn.evaluation.figures import write_case_figure
 from rirn.evaluation.render import render_latex, render_markdown
 from rirn.evaluation.runs import LoadedCheckpoint
+from rirn.evaluation.settings import LEGACY_POSTPROCESS
 from rirn.evaluation.summary import (
     Problem,
     case_rows,
@@ -96,29 +98,20 @@ def reusable_rows(out_dir: Path, expected: Mapping) -> list[dict] | None:
         return None
 
 
-#: What a key that an older record's ``inference`` lacks meant: no ET post-processing before
-#: ``et_min_voxels`` existed, each region as thresholded before ``nested`` (session 30).
-LEGACY_SCORING: dict[str, object] = {"et_min_voxels": None, "nested": False}
-
-
-def _override(value) -> str:
-    return "null" if value is None else str(value).lower()
-
-
 def rescore_hint(out_dir: Path, settings: InferenceSettings, command: str) -> str | None:
     """``None`` when the results in ``out_dir`` were scored with the nesting and ET
     post-processing of ``settings``; else one line that says what differs (or that the
     folder has no readable :data:`RECORD`) and names ``command`` (e.g. ``python -m
     rirn.evaluate run_dir=RUN``) with the overrides that re-score them so."""
     want = {"nested": settings.nested, "et_min_voxels": settings.et_min_voxels}
-    fix = " ".join(f"postprocess.{k}={_override(v)}" for k, v in want.items())
+    fix = " ".join(f"postprocess.{k}={override_value(v)}" for k, v in want.items())
     try:
         found = json.loads((out_dir / RECORD).read_text())["inference"]
-        found = {k: found.get(k, LEGACY_SCORING[k]) for k in want}
+        found = {k: found.get(k, LEGACY_POSTPROCESS[k]) for k in want}
     except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
         return f"{out_dir} has no readable {RECORD}, so its scoring is unknown; run {command} {fix}"
     changed = [
-        f"{k}={_override(found[k])} (here {_override(want[k])})"
+        f"{k}={override_value(found[k])} (here {override_value(want[k])})"
         for k in want
         if found[k] != want[k]
     ]

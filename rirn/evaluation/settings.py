@@ -91,6 +91,12 @@ def et_threshold_setting(value) -> int | str | None:
     return count
 
 
+#: What a ``postprocess`` key that an older record or checkpoint lacks meant: no ET
+#: post-processing before ``et_min_voxels`` existed, each region's mask as thresholded before
+#: ``nested`` (session 30).
+LEGACY_POSTPROCESS: dict[str, object] = {"et_min_voxels": None, "nested": False}
+
+
 def nested_setting(value) -> bool:
     """``postprocess.nested`` -> ``InferenceSettings.nested``: ``true`` (the default of train,
     evaluate and predict: score the nested masks the written label map encodes) or ``false``

@@ -30,9 +30,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rirn.errors import ConfigError
+from rirn.evaluation.settings import LEGACY_POSTPROCESS
 from rirn.training import run_lock
 from rirn.training.checkpoint import peek_checkpoint
-from rirn.training.resume import LEGACY_POSTPROCESS
 from rirn.training.steps import DISTILLATION_SWITCHES
 
 log = logging.getLogger("rirn.train")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from rirn.config import override_value
 from rirn.errors import ConfigError
+from rirn.evaluation.settings import LEGACY_POSTPROCESS, et_threshold_setting, nested_setting
 
 #: What a ``loss`` key that a checkpoint's config lacks meant when that run trained: the options
 #: added since (``.get`` defaults of :func:`rirn.training.steps.compute_losses`).
@@ -33,21 +35,10 @@ def flatten_config(tree, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def _override(value) -> str:
-    """``value`` as a Hydra override writes it: ``false``, ``null``, ``[0.9,0.999]``."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value is None:
-        return "null"
-    if isinstance(value, tuple | list):
-        return f"[{','.join(_override(v) for v in value)}]"
-    return str(value)
-
-
 def _refuse_changes(group: str, what: str, old: dict, new: dict) -> None:
     changed = sorted(k for k in new if k in old and old[k] != new[k])
     if changed:
-        keep = " ".join(f"{group}.{k}={_override(old[k])}" for k in changed)
+        keep = " ".join(f"{group}.{k}={override_value(old[k])}" for k in changed)
         raise ConfigError(
             f"resume=true would change the {what} the run trained with ({', '.join(changed)}); "
             f"add {keep} to resume it as trained, or start a new run"
@@ -119,11 +110,6 @@ def check_resume_networks(state: dict, cfg: DictConfig, modalities: tuple[str, .
     _refuse_changes("teacher", "teacher set-up", teacher, flatten_config(current["teacher"]))
 
 
-#: What a ``postprocess`` key that a checkpoint's config lacks meant when that run validated:
-#: no ET post-processing before ``et_min_voxels`` existed, un-nested masks before ``nested``.
-LEGACY_POSTPROCESS: dict[str, object] = {"et_min_voxels": None, "nested": False}
-
-
 def check_resume_scoring(stored: dict, current) -> None:
     """Refuse to resume a run whose validation would score otherwise than it did: the stored
     ``best_metric``, which picks ``best.pt``, came from that scoring, and a resumed run
@@ -138,7 +124,6 @@ def check_resume_scoring(stored: dict, current) -> None:
     Raises:
         ConfigError: one line with the differing keys and the overrides that resume as trained.
     """
-    from rirn.evaluation.settings import et_threshold_setting, nested_setting
 
     def values(tree) -> dict:
         tree = {} if tree is None else tree
